@@ -1,0 +1,206 @@
+"""Atomic writes and NIfTI reading/writing with full geometry.
+
+Every artefact is written under a temporary name in the target folder and renamed into place,
+so a process killed half-way never leaves a file that a rerun would trust.
+Arrays follow SimpleITK's order: (z, y, x); :class:`Geometry` keeps ITK's (x, y, z) order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from autoseg.errors import AutosegError, fail
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+
+    ``suffix`` keeps an extension that writers look at (``.nii.gz``, ``.npz``). On any error the
+    temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise fail(path.parent, "cannot create this folder (permission denied)", "choose a writable output folder") from None
+    if suffix is None:
+        suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + suffix, dir=path.parent)
+    except PermissionError:
+        raise fail(path.parent, "folder is not writable", "choose a writable output folder or fix its permissions") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise fail(path, "no space left on device while writing", "free disk space and rerun; finished files are kept") from None
+        raise
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _json_default(o: Any) -> Any:
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` (dicts, lists, dataclasses, numpy scalars) as indented JSON, atomically."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read JSON; a missing or malformed file becomes a one-line AutosegError naming it."""
+    path = Path(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise fail(path, "file not found", "check the path or run the stage that writes it") from None
+    except json.JSONDecodeError as e:
+        raise fail(path, f"malformed JSON (line {e.lineno}, column {e.colno}: {e.msg})", "fix or regenerate the file") from None
+    except UnicodeDecodeError:
+        raise fail(path, "not a text JSON file", "fix or regenerate the file") from None
+
+
+def save_npz_atomic(path: str | os.PathLike, compressed: bool = True, **arrays: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npz") as tmp:
+        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+
+
+def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Physical placement of an image, ITK order (x, y, z): what is needed to write it back exactly."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Geometry:
+        return cls(tuple(int(s) for s in image.GetSize()), tuple(float(s) for s in image.GetSpacing()),
+                   tuple(float(o) for o in image.GetOrigin()), tuple(float(d) for d in image.GetDirection()))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        return cls(tuple(int(v) for v in d["size"]), tuple(float(v) for v in d["spacing"]),
+                   tuple(float(v) for v in d["origin"]), tuple(float(v) for v in d["direction"]))
+
+    @property
+    def shape_zyx(self) -> tuple[int, ...]:
+        return tuple(reversed(self.size))
+
+    @property
+    def spacing_zyx(self) -> tuple[float, ...]:
+        return tuple(reversed(self.spacing))
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def mismatch(self, other: Geometry, rtol: float = 1e-4, atol: float = 1e-3) -> str | None:
+        """Describe how ``other`` differs (shape, spacing, origin, direction), or None if it matches."""
+        if self.size != other.size:
+            return f"shape {other.shape_zyx} differs from {self.shape_zyx}"
+        for name in ("spacing", "origin", "direction"):
+            a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
+            tol = atol + rtol * np.abs(a) if name != "origin" else 1e-2 + 1e-3 * np.abs(a)
+            if np.any(np.abs(a - b) > tol):
+                return f"{name} {tuple(np.round(b, 4))} differs from {tuple(np.round(a, 4))}"
+        return None
+
+
+def read_header(path: str | os.PathLike) -> Geometry:
+    """Read only the header (cheap): size, spacing, origin, direction."""
+    path = Path(path)
+    if not path.is_file():
+        raise fail(path, "file not found", "check the dataset layout (see docs/formats.md)")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise fail(path, f"cannot read image header ({_short_itk(e)})", "re-export or re-download this file") from None
+    geom = Geometry(tuple(int(s) for s in reader.GetSize()), tuple(reader.GetSpacing()),
+                    tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
+    _check_3d(path, geom.size)
+    return geom
+
+
+def read_image(path: str | os.PathLike, dtype: type | None = None) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D image as a (z, y, x) array plus its geometry; bad files become one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise fail(path, "file not found", "check the dataset layout (see docs/formats.md)")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise fail(path, f"cannot read image ({_short_itk(e)})", "the file is truncated or corrupt; re-export or re-download it") from None
+    _check_3d(path, image.GetSize(), image.GetNumberOfComponentsPerPixel())
+    array = sitk.GetArrayFromImage(image)
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    return array, Geometry.of(image)
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, compress: bool = True) -> None:
+    """Write a (z, y, x) array with the given geometry, atomically."""
+    if tuple(array.shape) != geometry.shape_zyx:
+        raise AutosegError(f"{path}: internal shape mismatch {array.shape} vs geometry {geometry.shape_zyx}")
+    image = geometry.apply_to(sitk.GetImageFromArray(array))
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+
+
+def _check_3d(path: Path, size: tuple[int, ...], components: int = 1) -> None:
+    if len(size) != 3 or components != 1:
+        kind = f"{len(size)}D" + (f" with {components} components per voxel" if components != 1 else "")
+        raise fail(path, f"is a {kind} image, a 3D single-channel image is expected",
+                   "split 4D/multi-component files into one 3D file per channel (CASE_0000, CASE_0001, ...)")
+
+
+def _short_itk(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    msg = next((ln for ln in reversed(lines) if "Exception" not in ln[:20]), lines[-1] if lines else "unknown error")
+    return msg.split(": ", 1)[-1][:160]

@@ -1,0 +1,124 @@
+"""The plan: typed, frozen dataclasses saved as ``plans.json``, the only contract between plan,
+preprocess, train and predict.
+
+Axis order everywhere in a plan is the array order (z, y, x) of the reoriented, preprocessed data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoseg.errors import fail
+from autoseg.io import read_json, write_json_atomic
+
+PLANS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """U-Net topology. ``arch`` is ``"unet"`` (plain conv blocks) or ``"resenc_unet"`` (residual encoder).
+
+    Stage i has ``features[i]`` channels, convolutions with ``kernel_sizes[i]`` and is entered with
+    ``strides[i]`` (stage 0 has stride 1). The decoder mirrors the encoder with transposed convs.
+    """
+
+    arch: str
+    features: list[int]
+    kernel_sizes: list[list[int]]
+    strides: list[list[int]]
+    n_conv_encoder: list[int]
+    n_conv_decoder: list[int]
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.features)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.kernel_sizes[0])
+
+
+@dataclass(frozen=True)
+class ChannelNormalization:
+    """How one input channel is normalised. ``scheme``: ``zscore`` (per case; inside the nonzero mask
+    when ``use_mask``), ``ct`` (clip to fingerprint percentiles, then global z-score), ``none``."""
+
+    scheme: str
+    use_mask: bool = False
+    mean: float | None = None
+    std: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+
+
+@dataclass(frozen=True)
+class ConfigurationPlan:
+    """One configuration (``2d``, ``3d_fullres``, ``3d_lowres``)."""
+
+    name: str
+    spacing: list[float]
+    median_shape: list[int]
+    patch_size: list[int]
+    batch_size: int
+    network: NetworkPlan
+    normalization: list[ChannelNormalization]
+    memory_estimate_gb: float
+    batch_dice: bool = False
+    mirror_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
+    oversample_foreground: float = 0.33
+
+    @property
+    def is_2d(self) -> bool:
+        return len(self.patch_size) == 2
+
+
+@dataclass(frozen=True)
+class Plans:
+    """Everything the planner decided for one dataset, plus the words that explain it."""
+
+    dataset_name: str
+    vram_gb: float
+    vram_source: str
+    orientation: str
+    num_channels: int
+    num_outputs: int
+    region_based: bool
+    configurations: dict[str, ConfigurationPlan]
+    explanation: list[str] = field(default_factory=list)
+    version: int = PLANS_VERSION
+
+    def configuration(self, name: str, where: str | Path | None = None) -> ConfigurationPlan:
+        if name not in self.configurations:
+            raise fail(where, f"configuration {name!r} is not in the plan (have: {', '.join(self.configurations)})",
+                       "choose one of those with -c")
+        return self.configurations[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str | Path | None = None) -> Plans:
+        try:
+            if d.get("version") != PLANS_VERSION:
+                raise fail(where, f"plans version {d.get('version')} is not {PLANS_VERSION}", "rerun autoseg-plan")
+            configs = {}
+            for name, c in d["configurations"].items():
+                c = dict(c)
+                c["network"] = NetworkPlan(**c["network"])
+                c["normalization"] = [ChannelNormalization(**n) for n in c["normalization"]]
+                configs[name] = ConfigurationPlan(**c)
+            return cls(**{**d, "configurations": configs})
+        except (KeyError, TypeError) as e:
+            raise fail(where, f"plans file is incomplete or from another version ({e})", "rerun autoseg-plan") from None
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plans:
+        path = Path(path)
+        if not path.is_file():
+            raise fail(path, "no plan found", "run autoseg-plan first")
+        return cls.from_dict(read_json(path), path)

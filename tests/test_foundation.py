@@ -1,0 +1,90 @@
+"""Foundation: paths, dataset.json, atomic writes, image I/O errors, region round trip, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoseg import brats
+from autoseg.dataset import DatasetInfo, list_cases
+from autoseg.errors import AutosegError
+from autoseg.io import Geometry, atomic_path, read_image, write_image, write_json_atomic
+from autoseg.paths import resolve_dataset
+from autoseg.synthetic import make_case
+
+
+def test_resolve_dataset_by_number_name_and_default(synthetic_home: Path) -> None:
+    assert resolve_dataset(synthetic_home, None).name == "Dataset001_Synthetic"
+    assert resolve_dataset(synthetic_home, "1").name == "Dataset001_Synthetic"
+    assert resolve_dataset(synthetic_home, "synthetic").name == "Dataset001_Synthetic"
+    (synthetic_home / "raw" / "Dataset002_Other").mkdir()
+    with pytest.raises(AutosegError, match="2 datasets found"):
+        resolve_dataset(synthetic_home, None)
+    with pytest.raises(AutosegError, match="no dataset matches"):
+        resolve_dataset(synthetic_home, "7")
+
+
+@pytest.mark.parametrize("convention", ["brats2020", "brats2023"])
+def test_regions_write_back_original_labels(convention: str) -> None:
+    d = brats.dataset_json_for(convention, 1, "x")
+    info = DatasetInfo(d["channel_names"], d["labels"], ".nii.gz", 1, d["regions_class_order"])
+    label = make_case(seed=4, convention=convention).label
+    assert set(np.unique(label)) <= set(info.label_values)
+    back = info.label_from_outputs(info.targets_from_label(label).astype(np.float32))
+    np.testing.assert_array_equal(back, label)
+
+
+def test_dataset_json_errors_name_file_and_fix(tmp_path: Path) -> None:
+    p = tmp_path / "dataset.json"
+    p.write_text("{not json")
+    with pytest.raises(AutosegError, match="dataset.json: malformed JSON"):
+        DatasetInfo.load(p)
+    p.write_text(json.dumps({"labels": {"background": 0}, "file_ending": ".nii.gz"}))
+    with pytest.raises(AutosegError, match="missing field.*channel_names"):
+        DatasetInfo.load(p)
+    p.write_text(json.dumps({"channel_names": {"0": "T1"}, "labels": {"background": 0, "wt": [1, 2]}, "file_ending": ".nii.gz"}))
+    with pytest.raises(AutosegError, match="regions_class_order"):
+        DatasetInfo.load(p)
+
+
+def test_list_cases_pairs_channels_and_labels(synthetic_home: Path) -> None:
+    raw = synthetic_home / "raw" / "Dataset001_Synthetic"
+    info = DatasetInfo.load(raw / "dataset.json")
+    cases = list_cases(raw, info)
+    assert len(cases) == 6 and all(len(c.images) == 4 and c.label.is_file() for c in cases.values())
+    assert len(list_cases(raw, info, "Ts")) == 2
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "a.json"
+    write_json_atomic(target, {"ok": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert json.loads(target.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_image_roundtrip_and_bad_files(tmp_path: Path) -> None:
+    geom = Geometry((4, 3, 2), (1.0, 2.0, 3.0), (1.0, 2.0, 3.0), (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
+    arr = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    write_image(tmp_path / "x.nii.gz", arr, geom)
+    back, g2 = read_image(tmp_path / "x.nii.gz")
+    np.testing.assert_array_equal(back, arr)
+    assert g2.mismatch(geom) is None
+    (tmp_path / "bad.nii.gz").write_bytes((tmp_path / "x.nii.gz").read_bytes()[:40])
+    with pytest.raises(AutosegError, match="bad.nii.gz: cannot read image"):
+        read_image(tmp_path / "bad.nii.gz")
+
+
+def test_stub_or_real_cli_never_prints_traceback(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-c", "from autoseg.cli.plan import main; main()", "--home", str(tmp_path), "-d", "9"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
