@@ -1,0 +1,62 @@
+"""Checkpoints: written atomically, loaded with ``torch.load(weights_only=True)`` so a file can never
+run code, and checked against the plan they were trained with.
+
+A checkpoint is a dict of plain types and tensors:
+``format``, ``configuration`` (its ConfigurationPlan as a dict), ``dataset`` (dataset.json as a dict),
+``plan_hash``, ``network_state``, ``epoch``, and for training state ``optimizer_state``,
+``grad_scaler_state``, ``sampler_state``, ``log`` (per-epoch metrics). Inference needs only the first ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoseg.errors import fail
+from autoseg.io import atomic_path
+
+FORMAT = "autoseg-checkpoint-1"
+
+
+def plan_hash(configuration: dict[str, Any]) -> str:
+    """Stable hash of what makes weights compatible: network topology, channels, patch and spacing."""
+    keys = ("network", "spacing", "patch_size", "normalization")
+    blob = json.dumps({k: configuration.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write atomically; ``payload`` must hold ``configuration`` and ``network_state``."""
+    payload = {"format": FORMAT, "plan_hash": plan_hash(payload["configuration"]), **payload}
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, expected_configuration: dict[str, Any] | None = None,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load without executing code; refuse tampered, foreign or other-plan checkpoints with one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise fail(path, "checkpoint not found", "train this fold first (autoseg-train) or check -f/-c")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise fail(path, "refused: the checkpoint holds objects other than tensors and plain data (tampered or not "
+                   "an autoseg checkpoint)", "use a checkpoint written by autoseg-train") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise fail(path, f"checkpoint is truncated or corrupt ({str(e).splitlines()[0][:100]})",
+                   "delete it and resume from checkpoint_latest.pt or retrain") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise fail(path, "not an autoseg checkpoint", "use a checkpoint written by autoseg-train")
+    if ckpt.get("plan_hash") != plan_hash(ckpt.get("configuration", {})):
+        raise fail(path, "checkpoint metadata was modified after saving (plan hash mismatch)", "use an untouched checkpoint")
+    if expected_configuration is not None and ckpt["plan_hash"] != plan_hash(expected_configuration):
+        raise fail(path, "checkpoint was trained with another plan (network, patch, spacing or normalisation differ)",
+                   "retrain with the current plan, or restore the plans.json it was trained with")
+    return ckpt
