@@ -34,10 +34,11 @@ class IntensityStats:
 class CaseFingerprint:
     case_id: str
     shape: list[int]            # original (z, y, x), canonical orientation
-    shape_after_crop: list[int]  # nonzero bounding box
     spacing: list[float]        # (z, y, x) mm
     orientation: str            # original orientation code, e.g. "LPS", "RAS"
-    label_voxels: dict[str, int]  # per foreground output name (region or label) -> voxel count
+    # measured on the sampled cases only (None for the rest), so the cost stays bounded:
+    shape_after_crop: list[int] | None = None        # nonzero bounding box
+    label_voxels: dict[str, int] | None = None       # per foreground output name (region or label)
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,15 @@ class Fingerprint:
 
     @property
     def shapes_after_crop(self) -> list[list[int]]:
-        return [c.shape_after_crop for c in self.cases]
+        """Cropped shapes of the sampled cases."""
+        return [c.shape_after_crop for c in self.cases if c.shape_after_crop is not None]
 
     @property
     def median_relative_size_after_crop(self) -> float:
         import numpy as np
 
-        rel = [float(np.prod(c.shape_after_crop)) / float(np.prod(c.shape)) for c in self.cases]
+        rel = [float(np.prod(c.shape_after_crop)) / float(np.prod(c.shape)) for c in self.cases
+               if c.shape_after_crop is not None]
         return float(np.median(rel)) if rel else 1.0
 
     def to_dict(self) -> dict[str, Any]:
