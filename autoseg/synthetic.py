@@ -104,18 +104,26 @@ def write_raw_dataset(raw_dir: str | Path, n_train: int = 6, n_test: int = 0, sh
 
 
 def write_brats_folders(out_dir: str | Path, n: int = 2, shape: tuple[int, int, int] = (48, 64, 64), seed: int = 0,
-                        convention: str = "brats2020", labelled: bool = True) -> list[Path]:
-    """Write cases as BraTS release folders (``CASE/CASE_t1.nii.gz`` ... or ``CASE/CASE-t1n.nii.gz`` ...)."""
+                        convention: str = "brats2020", labelled: bool = True, first_index: int = 0,
+                        labels_to: str | Path | None = None) -> list[Path]:
+    """Write cases as BraTS release folders (``CASE/CASE_t1.nii.gz`` ... or ``CASE/CASE-t1n.nii.gz`` ...).
+
+    Case ``k`` (``first_index`` <= k < ``first_index + n``) uses seed ``seed + k``, so a training set and a
+    test set written by two calls never share a case. ``labels_to`` writes the labels of unlabelled cases
+    there as ``CASE.nii.gz`` (like a validation set whose labels are held back), for evaluation.
+    """
     suffixes, seg, sep = brats._SUFFIXES[convention]
     folders = []
-    for i in range(n):
-        case = make_case(shape, seed + i, convention)
-        cid = f"BraTS-SYN-{i:05d}-000" if convention == "brats2023" else f"BraTS20_Synthetic_{i:03d}"
+    for k in range(first_index, first_index + n):
+        case = make_case(shape, seed + k, convention)
+        cid = f"BraTS-SYN-{k:05d}-000" if convention == "brats2023" else f"BraTS20_Synthetic_{k:03d}"
         folder = Path(out_dir) / cid
         geom = _geometry(case.label.shape, case.spacing_zyx)
         for suffix, img in zip(suffixes, case.images):
             write_image(folder / f"{cid}{sep}{suffix}.nii.gz", img, geom)
         if labelled:
             write_image(folder / f"{cid}{sep}{seg}.nii.gz", case.label, geom)
+        elif labels_to is not None:
+            write_image(Path(labels_to) / f"{cid}.nii.gz", case.label, geom)
         folders.append(folder)
     return folders
