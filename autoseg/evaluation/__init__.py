@@ -1,0 +1,1 @@
+"""Evaluation: Dice, HD95, sensitivity and specificity per label and region."""

@@ -1,0 +1,1 @@
+"""Prediction: sliding-window inference of trained folds on new cases."""
