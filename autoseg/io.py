@@ -147,7 +147,8 @@ class Geometry:
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
             tol = atol + rtol * np.abs(a) if name != "origin" else 1e-2 + 1e-3 * np.abs(a)
             if np.any(np.abs(a - b) > tol):
-                return f"{name} {tuple(np.round(b, 4))} differs from {tuple(np.round(a, 4))}"
+                got, want = (tuple(float(v) for v in np.round(x, 4) + 0.0) for x in (b, a))
+                return f"{name} {got} differs from {want}"
         return None
 
 
