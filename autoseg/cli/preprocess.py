@@ -1,14 +1,34 @@
-"""autoseg-preprocess (not built yet)."""
+"""autoseg-preprocess: crop, normalise and resample the training cases for the planned configurations."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
-from autoseg.errors import AutosegError, run_cli
+from autoseg.cli._common import add_dataset, dataset_paths, parse_shard, parser
+from autoseg.errors import run_cli
+from autoseg.planning.plans import Plans
+from autoseg.preprocessing import preprocess_dataset
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    raise AutosegError("autoseg-preprocess is not built yet in this version; see the open issues")
+    p = parser("autoseg-preprocess", "Reorient, crop to the nonzero box, normalise and resample every training "
+               "case as plans.json says; reruns skip finished cases.")
+    add_dataset(p)
+    p.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"], metavar="CONFIG",
+                   help="configurations to preprocess (2d, 3d_fullres, 3d_lowres) or 'all' for every planned one")
+    p.add_argument("-np", "--workers", type=int, default=2, help="worker processes (one case each at a time)")
+    p.add_argument("--shard", default=None, help="i/n: only every n-th case starting at i (0-based), for job arrays")
+    args = p.parse_args(argv)
+    paths = dataset_paths(args)
+    shard = parse_shard(args.shard)
+    configs = args.configurations
+    if "all" in configs:
+        configs = list(Plans.load(paths.plans_json).configurations)
+    for name in configs:
+        done = preprocess_dataset(paths, name, workers=args.workers, shard=shard)
+        print(f"{name}: {len(done)} case(s) preprocessed -> {paths.config_dir(name)}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:

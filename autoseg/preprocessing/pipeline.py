@@ -1,0 +1,115 @@
+"""Preprocess every training case of a raw dataset for one configuration, in worker processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from autoseg.cli._common import shard as shard_items
+from autoseg.dataset import CaseFiles, DatasetInfo, load_dataset
+from autoseg.errors import AutosegError, fail
+from autoseg.io import read_image
+from autoseg.paths import DatasetPaths
+from autoseg.planning.plans import ConfigurationPlan, Plans
+from autoseg.preprocessing.case import preprocess_case
+from autoseg.preprocessing.storage import FORMAT_VERSION, foreground_locations, is_complete, save_case
+
+TASKS_PER_WORKER = 20  # fresh worker processes now and then keep memory bounded over long runs
+
+
+def plan_key(config: ConfigurationPlan, info: DatasetInfo) -> str:
+    """Hash of everything the stored data depends on; a case written under another key is redone."""
+    basis = {"format": FORMAT_VERSION, "spacing": config.spacing,
+             "normalization": [asdict(n) for n in config.normalization], "regions": info.regions,
+             "channels": info.channel_names}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_case(files: CaseFiles, label: bool = True) -> tuple[list[np.ndarray], np.ndarray | None, object]:
+    """Read a case's channels (float32) and label; every channel must share the first one's geometry."""
+    images, geometry = [], None
+    for path in files.images:
+        image, geom = read_image(path, dtype=np.float32)
+        if geometry is None:
+            geometry = geom
+        elif (problem := geometry.mismatch(geom)) is not None:
+            raise fail(path, f"{problem} of channel 0 ({files.images[0].name})", "resample or re-export this channel")
+        images.append(image)
+    seg = None
+    if label:
+        if files.label is None:
+            raise fail(files.images[0], "training case has no label file", f"add labelsTr/{files.case_id}.nii.gz")
+        seg, geom = read_image(files.label)
+        if (problem := geometry.mismatch(geom)) is not None:  # type: ignore[union-attr]
+            raise fail(files.label, f"{problem} of the images", "the label must share the images' grid")
+    return images, seg, geometry
+
+
+def process_one(files: CaseFiles, config: ConfigurationPlan, info: DatasetInfo, out_dir: Path, key: str) -> str:
+    """Read, preprocess and store one case (the unit of work of a worker)."""
+    images, label, geometry = read_case(files)
+    try:
+        data, seg, props = preprocess_case(images, geometry, config, info, label)  # type: ignore[arg-type]
+    except AutosegError as e:
+        raise AutosegError(f"{files.images[0].parent / files.case_id}: {e}") from None
+    del images, label
+    fg = foreground_locations(seg, info, files.case_id) if seg is not None else {}
+    save_case(out_dir, files.case_id, data, seg, props, fg, key)
+    return files.case_id
+
+
+def _process_args(args: tuple) -> str:
+    return process_one(*args)
+
+
+def prepare_output(out_dir: Path) -> None:
+    """Create the configuration folder and make sure files can be written there."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (PermissionError, FileExistsError, NotADirectoryError) as e:
+        raise fail(out_dir, f"cannot create the output folder ({e.strerror or e})",
+                   "choose a writable data root with --home or fix the permissions") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise fail(out_dir, "output folder is not writable", "fix its permissions or choose another --home")
+
+
+def preprocess_dataset(paths: DatasetPaths, configuration: str = "3d_fullres", workers: int = 2,
+                       shard: tuple[int, int] = (0, 1)) -> list[str]:
+    """Preprocess this shard's training cases into ``preprocessed/<dataset>/<configuration>/``.
+
+    Complete cases written with the same plan are skipped; returns the ids processed now.
+    """
+    plans = Plans.load(paths.plans_json)
+    config = plans.configuration(configuration, paths.plans_json)
+    info, cases = load_dataset(paths.raw)
+    out_dir = paths.config_dir(configuration)
+    prepare_output(out_dir)
+    key = plan_key(config, info)
+    mine = shard_items(list(cases), *shard)
+    todo = [cid for cid in mine if not is_complete(out_dir, cid, key)]
+    tasks = [(cases[cid], config, info, out_dir, key) for cid in todo]
+    bar = tqdm(total=len(tasks), desc=f"preprocess {configuration}", unit="case", file=sys.stderr,
+               disable=not tasks)
+    done: list[str] = []
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for t in tasks:
+                done.append(_process_args(t))
+                bar.update()
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(min(workers, len(tasks)), maxtasksperchild=TASKS_PER_WORKER) as pool:
+                for cid in pool.imap_unordered(_process_args, tasks, chunksize=1):
+                    done.append(cid)
+                    bar.update()
+    finally:
+        bar.close()
+    return sorted(done)
