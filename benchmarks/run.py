@@ -1,0 +1,283 @@
+"""Side-by-side benchmark: autoseg against nnU-Net v2 2.8.1 on the same full-size BraTS cases.
+
+    python benchmarks/run.py --against nnunet [--repeats 3] [--stages a,b] [--quick] [--note TEXT]
+
+Every measurement runs in a fresh subprocess per tool (benchmarks/stages/{autoseg,nnunet}_stages.py),
+one at a time, with the same thread settings. A runner prints its own timing of the work (imports and
+interpreter start-up excluded); this script adds the subprocess's peak RSS. Medians over the repeats go
+into docs/performance.md between the markers; all raw results go to benchmarks/work/results-*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORK = HERE / "work"
+NNUNET_PY = HERE / ".venv-nnunet" / "bin" / "python"
+BRATS = Path(os.environ.get("AUTOSEG_BRATS_DIR", "/work/shared/data/brats/labelled"))
+DOC = REPO / "docs" / "performance.md"
+BEGIN, END = "<!-- BEGIN benchmarks/run.py -->", "<!-- END benchmarks/run.py -->"
+THREADS = "2"
+ENV = {"OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS, "nnUNet_n_proc_DA": THREADS,
+       "nnUNet_def_n_proc": THREADS, "AUTOSEG_WORKERS": THREADS, "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    label: str
+    metric: str          # key in the runner's result
+    unit: str
+    higher_is_better: bool
+    target: float        # required speed-up over nnU-Net (1 = at least as fast)
+    args: tuple[str, ...] = ()
+
+
+STAGES = [
+    Stage("fingerprint_plan", "fingerprint + plan (4 cases)", "seconds", "s", False, 5.0),
+    Stage("preprocess", "preprocessing, per full-size case (4 cases, 2 workers)", "seconds", "s/case", False, 1.0),
+    Stage("dataloader", "data loading + augmentation, 2x4x128^3 batches", "batches_per_s", "batches/s", True, 2.0),
+    Stage("train_step", "one training step (fwd+bwd+SGD), 2x4x128^3, 31 M params", "seconds", "s/step", False, 1.0),
+    Stage("inference", "sliding-window inference, 1 full-size case, no TTA", "seconds", "s/case", False, 2.0),
+    Stage("inference_tta", "sliding-window inference, 1 full-size case, 8-fold mirror TTA", "seconds", "s/case",
+          False, 2.0),
+]
+TOOLS = ("autoseg", "nnunet")
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+def prepare_data() -> None:
+    """The raw dataset both tools read: autoseg's conversion of the labelled BraTS cases (byte copies)."""
+    from autoseg.convert import convert_brats
+
+    if not BRATS.is_dir():
+        sys.exit(f"{BRATS}: BraTS cases not found (set AUTOSEG_BRATS_DIR)")
+    convert_brats(BRATS, WORK / "autoseg", 900, "BraTSBench", workers=1)
+
+
+def ensure_nnunet() -> None:
+    subprocess.run(["bash", str(HERE / "setup_nnunet.sh")], check=True)
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+def _tree_rss_bytes(root: int) -> int:
+    """Sum of RSS over ``root`` and its descendants (an upper bound: shared pages count once per process)."""
+    parent: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            parent[int(d)] = int(fields[1])
+            rss[int(d)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    return sum(rss.get(p, 0) for p in tree)
+
+
+def run_one(tool: str, stage: Stage, extra: list[str]) -> dict:
+    """One fresh subprocess: its result line, wall time, peak RSS of its largest process (wait4)
+    and the sampled peak of the summed RSS of its process tree."""
+    py = sys.executable if tool == "autoseg" else str(NNUNET_PY)
+    cmd = [py, str(HERE / "stages" / f"{tool}_stages.py"), stage.name, "--work", str(WORK), *stage.args, *extra]
+    env = {**os.environ, **ENV}
+    log = WORK / "logs" / f"{tool}_{stage.name}_{time.strftime('%H%M%S')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        peak_tree = [0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.25):
+                peak_tree[0] = max(peak_tree[0], _tree_rss_bytes(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        done.set()
+        sampler.join()
+    wall = time.perf_counter() - t0
+    text = log.read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("BENCH_RESULT ")]
+    result = json.loads(lines[-1][len("BENCH_RESULT "):]) if lines else {}
+    if proc.returncode != 0 or not lines:
+        tail = " | ".join(text.strip().splitlines()[-3:])
+        result = {"error": f"exit {proc.returncode}: {tail[-300:]}"}
+    result.update(tool=tool, stage=stage.name, wall_s=wall, peak_rss_gb=usage.ru_maxrss / 2**20,
+                  peak_tree_rss_gb=peak_tree[0] / 2**30, load_before=load_before, log=str(log.relative_to(REPO)))
+    return result
+
+
+def measure(stages: list[Stage], repeats: int, tta_repeats: int, quick: bool) -> list[dict]:
+    results = []
+    for stage in stages:
+        n = tta_repeats if stage.name == "inference_tta" else repeats
+        extra = ["--batches", "8", "--warmup", "4"] if quick and stage.name == "dataloader" else []
+        for r in range(n):
+            # alternate which tool goes first, so a slow spell of the shared machine hits both
+            for tool in (TOOLS if r % 2 == 0 else TOOLS[::-1]):
+                res = run_one(tool, stage, extra)
+                results.append(res)
+                shown = res.get("error") or res.get("missing") or f"{res.get(stage.metric):.3g} {stage.unit}"
+                print(f"[{stage.name} {r + 1}/{n}] {tool}: {shown}, peak RSS {res['peak_rss_gb']:.2f} GB",
+                      flush=True)
+                if "missing" in res or "error" in res:
+                    break
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+def machine() -> dict:
+    model = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
+                  .stdout.splitlines() if ln.startswith("Model name")), platform.processor())
+    mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                  if ln.startswith("MemTotal"))
+    import torch
+
+    return {"cpu": model, "cores": os.cpu_count(), "ram_gb": round(mem_kb / 2**20, 1),
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+def _median(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None and "error" not in r and "missing" not in r]
+    return statistics.median(vals) if vals else None
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def table(stages: list[Stage], results: list[dict]) -> list[str]:
+    head = ("| stage | autoseg | nnU-Net v2 | speed-up | target | met | peak RSS autoseg | peak RSS nnU-Net "
+            "| memory ratio | met | runs |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for s in stages:
+        rows = {t: [r for r in results if r["stage"] == s.name and r["tool"] == t] for t in TOOLS}
+        problem = next((r.get("missing") or r.get("error") for t in TOOLS for r in rows[t]
+                        if "missing" in r or "error" in r), None)
+        a, b = (_median(rows[t], s.metric) for t in TOOLS)
+        ra, rb = (_median(rows[t], "peak_rss_gb") for t in TOOLS)
+        speed = None if a is None or b is None else (a / b if s.higher_is_better else b / a)
+        mem = None if ra is None or rb is None else rb / ra
+        met = "-" if speed is None else ("met" if speed >= s.target else "**not met**")
+        mem_met = "-" if mem is None else ("met" if mem > 1 else "**not met**")
+        runs = "/".join(str(sum(1 for r in rows[t] if s.metric in r)) for t in TOOLS)
+        note = f" ({problem})" if problem and (a is None or b is None) else ""
+        lines.append(f"| {s.label}{note} | {_fmt(a)} {s.unit} | {_fmt(b)} {s.unit} | {_fmt(speed)}x | "
+                     f">= {s.target:g}x | {met} | {_fmt(ra)} GB | {_fmt(rb)} GB | {_fmt(mem)}x | {mem_met} | {runs} |")
+    return lines
+
+
+def report(stages: list[Stage], results: list[dict], args: argparse.Namespace, started: datetime) -> str:
+    m = machine()
+    loads = [r["load_before"] for r in results]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=REPO).stdout.strip()
+    cmd = "python benchmarks/run.py " + " ".join(sys.argv[1:])
+    out = [
+        f"Generated by `{cmd}` on {started:%Y-%m-%d %H:%M} UTC (commit {commit}).",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, CPU only; Python {m['python']}, "
+        f"torch {m['torch']} (both tools). Threads: OMP_NUM_THREADS={THREADS}, torch threads {THREADS}, "
+        f"nnUNet_n_proc_DA={THREADS}, nnUNet_def_n_proc={THREADS}.",
+        f"1-minute load average before each measurement: median {_fmt(statistics.median(loads), 2)}, "
+        f"max {_fmt(max(loads), 2)} (above {m['cores']} means other work shared the cores)."
+        + (f" Note: {args.note}" if args.note else ""),
+        "",
+        "Medians over the runs (autoseg/nnU-Net runs per cell in the last column). Speed-up = nnU-Net time / "
+        "autoseg time (or autoseg rate / nnU-Net rate); memory ratio = nnU-Net peak RSS / autoseg peak RSS "
+        "(largest single process of the measurement, from wait4). All numbers measured, none extrapolated.",
+        "",
+        *table(stages, results),
+        "",
+        "| GPU (H100) | autoseg | nnU-Net v2 |",
+        "|---|---|---|",
+        "| training it/s, default BraTS plan | not measured: no GPU lent in this session "
+        "| not measured: no GPU lent in this session |",
+        "| inference s/case, default BraTS plan | not measured: no GPU lent in this session "
+        "| not measured: no GPU lent in this session |",
+        "",
+        "Peak summed RSS of each measurement's whole process tree (sampled every 0.25 s; counts shared pages once "
+        "per process, so an upper bound): "
+        + "; ".join(f"{s.name} {_fmt(_median([r for r in results if r['stage'] == s.name and r['tool'] == 'autoseg'], 'peak_tree_rss_gb'))}"
+                    f" / {_fmt(_median([r for r in results if r['stage'] == s.name and r['tool'] == 'nnunet'], 'peak_tree_rss_gb'))} GB"
+                    for s in stages) + " (autoseg / nnU-Net).",
+    ]
+    return "\n".join(out)
+
+
+def write_doc(text: str) -> None:
+    doc = DOC.read_text() if DOC.is_file() else f"# Performance\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in doc or END not in doc:
+        doc = doc.rstrip() + f"\n\n{BEGIN}\n{END}\n"
+    head, rest = doc.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--against", choices=["nnunet"], required=True)
+    p.add_argument("--repeats", type=int, default=3, help="runs per tool and stage (default 3)")
+    p.add_argument("--tta-repeats", type=int, default=1, help="runs of the TTA inference (nnU-Net: ~7 min each)")
+    p.add_argument("--stages", default=",".join(s.name for s in STAGES),
+                   help="comma-separated subset of: " + ", ".join(s.name for s in STAGES))
+    p.add_argument("--quick", action="store_true",
+                   help="1 run per stage, fewer batches, no TTA inference unless named in --stages")
+    p.add_argument("--note", default="", help="free text for the table header, e.g. 'shared machine'")
+    p.add_argument("--no-doc", action="store_true", help="print the table, leave docs/performance.md alone")
+    args = p.parse_args()
+    names = args.stages.split(",")
+    unknown = set(names) - {s.name for s in STAGES}
+    if unknown:
+        p.error(f"unknown stages: {', '.join(sorted(unknown))}")
+    if args.quick:
+        args.repeats = 1
+        if "--stages" not in " ".join(sys.argv):
+            names = [n for n in names if n != "inference_tta"]
+    stages = [s for s in STAGES if s.name in names]
+
+    started = datetime.now(timezone.utc)
+    prepare_data()
+    ensure_nnunet()
+    results = measure(stages, args.repeats, args.tta_repeats, args.quick)
+    out = WORK / f"results-{started:%Y%m%dT%H%M%S}.json"
+    out.write_text(json.dumps({"argv": sys.argv, "started": started.isoformat(), "results": results}, indent=1))
+    text = report(stages, results, args, started)
+    print(text)
+    if not args.no_doc:
+        write_doc(text)
+        print(f"\nwrote {DOC.relative_to(REPO)}; raw results {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

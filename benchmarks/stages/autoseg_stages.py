@@ -1,0 +1,183 @@
+"""autoseg side of the benchmark: one measurement per process, run with autoseg's own Python.
+
+    python benchmarks/stages/autoseg_stages.py STAGE --work benchmarks/work
+
+Same stages, inputs, thread counts and timed spans as nnunet_stages.py. Network-dependent stages use
+the default BraTS topology (see _common). A stage whose autoseg module has not landed yet reports
+``missing`` instead of a number.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c  # noqa: E402
+
+VRAM_GB = 8.0  # nnU-Net's default planning target, so both planners aim at the same GPU
+
+
+def dataset_paths(work: Path):
+    from autoseg.paths import DatasetPaths
+
+    return DatasetPaths(work.resolve() / "autoseg", c.DATASET_NAME)
+
+
+def default_network_plan():
+    from autoseg.planning.plans import NetworkPlan
+
+    n = len(c.FEATURES)
+    return NetworkPlan(arch="unet", features=list(c.FEATURES), kernel_sizes=[[3, 3, 3]] * n,
+                       strides=[list(s) for s in c.STRIDES], n_conv_encoder=[2] * n, n_conv_decoder=[2] * (n - 1))
+
+
+def fingerprint_and_plan(work: Path) -> dict:
+    from autoseg.dataset import DatasetInfo
+    from autoseg.fingerprint import compute_fingerprint
+    from autoseg.planning import plan_dataset
+
+    paths = dataset_paths(work)
+    out: dict = {}
+    with c.timed(out):
+        fp = compute_fingerprint(paths.raw, workers=c.threads())
+        fp.save(paths.fingerprint_json)
+        plans = plan_dataset(fp, DatasetInfo.load(paths.dataset_json), VRAM_GB, "benchmark")
+        plans.save(paths.plans_json)
+    fullres = plans.configurations["3d_fullres"]
+    out["plan"] = f"patch {fullres.patch_size} batch {fullres.batch_size}"
+    return out
+
+
+def default_topology_plans(work: Path):
+    """autoseg's own plans for this dataset with 3d_fullres set to the default BraTS topology."""
+    from autoseg.planning.plans import Plans
+
+    paths = dataset_paths(work)
+    if not paths.plans_json.is_file():
+        fingerprint_and_plan(work)
+    plans = Plans.load(paths.plans_json)
+    cfg = replace(plans.configurations["3d_fullres"], patch_size=list(c.PATCH), batch_size=c.BATCH,
+                  network=default_network_plan())
+    return replace(plans, configurations={**plans.configurations, "3d_fullres": cfg})
+
+
+def preprocess(work: Path) -> dict:
+    from autoseg.preprocessing import preprocess_dataset
+
+    paths = dataset_paths(work)
+    default_topology_plans(work).save(paths.plans_json)
+    shutil.rmtree(paths.config_dir("3d_fullres"), ignore_errors=True)
+    n = len(c.case_ids(work))
+    out: dict = {}
+    with c.timed(out, "total_seconds"):
+        preprocess_dataset(paths, "3d_fullres", workers=c.threads())
+    out["seconds"] = out["total_seconds"] / n
+    out["cases"] = n
+    return out
+
+
+def ensure_preprocessed(work: Path) -> None:
+    from autoseg.preprocessing.storage import list_preprocessed_cases
+
+    paths = dataset_paths(work)
+    if len(list_preprocessed_cases(paths.config_dir("3d_fullres"))) < len(c.case_ids(work)):
+        preprocess(work)
+
+
+def dataloader(work: Path, batches: int, warmup: int) -> dict:
+    """Training batches per second from autoseg's loader + augmentation (2 worker processes)."""
+    from autoseg.data.loader import BatchKey, BatchStream
+    from autoseg.training.distributed import dist_from_env
+    from autoseg.training.options import TrainOptions
+    from autoseg.training.trainer import batch_makers, load_fold_data
+
+    ensure_preprocessed(work)
+    paths = dataset_paths(work)
+    default_topology_plans(work).save(paths.plans_json)
+    fold = load_fold_data(paths, "3d_fullres", "all")
+    makers = batch_makers(fold, TrainOptions(workers=c.threads()), dist_from_env())
+    keys = (BatchKey("train", 0, i) for i in range(warmup + batches))
+    out: dict = {"batches": batches}
+    with BatchStream({"train": makers["train"]}, workers=c.threads()) as stream:
+        it = stream.batches(keys)
+        for _ in range(warmup):
+            next(it)
+        with c.timed(out, "total_seconds"):
+            for _ in range(batches):
+                batch = next(it)
+    out["batches_per_s"] = batches / out["total_seconds"]
+    out["batch_shape"] = list(batch.data.shape)
+    return out
+
+
+def train_step(iters: int) -> dict:
+    """autoseg.training.trainer.train_step (forward, DS Dice+BCE loss, backward, clip, SGD) on a fixed batch."""
+    import torch
+
+    from autoseg.data.loader import Batch
+    from autoseg.network import build_network
+    from autoseg.training.losses import DeepSupervisionLoss, segmentation_loss
+    from autoseg.training.options import TrainOptions
+    from autoseg.training.trainer import build_optimizer
+    from autoseg.training.trainer import train_step as step
+
+    torch.set_num_threads(c.threads())
+    torch.manual_seed(0)
+    net = build_network(default_network_plan(), c.CHANNELS, c.REGIONS, deep_supervision=True)
+    net.train()
+    options = TrainOptions(device="cpu")
+    optimizer = build_optimizer(net, options)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = DeepSupervisionLoss(segmentation_loss(region_based=True, batch_dice=False), region_based=True)
+    data, targets = c.synthetic_batch()
+    batch = Batch(data.numpy(), targets[0].to(torch.uint8).numpy())  # autoseg downsamples targets in the loss
+    cpu = torch.device("cpu")
+    step(net, loss, optimizer, scaler, batch, cpu, options.grad_clip, amp=False)  # warm-up
+    out: dict = {"iters": iters}
+    with c.timed(out, "total_seconds"):
+        for _ in range(iters):
+            step(net, loss, optimizer, scaler, batch, cpu, options.grad_clip, amp=False)
+    out["seconds"] = out["total_seconds"] / iters
+    return out
+
+
+def inference(work: Path, case: str | None, tta: bool) -> dict:
+    """One full-size raw case: read, preprocess, sliding window (step 0.5, Gaussian), labels, write NIfTI.
+    Weights are random: speed does not depend on them."""
+    import numpy as np
+    import torch
+
+    from autoseg.dataset import load_dataset
+    from autoseg.inference.sliding_window import predict_sliding_window
+    from autoseg.io import write_image
+    from autoseg.network import build_network
+    from autoseg.preprocessing.case import preprocess_case, restore_label
+    from autoseg.preprocessing.pipeline import read_case
+
+    torch.set_num_threads(c.threads())
+    torch.manual_seed(0)
+    plans = default_topology_plans(work)
+    cfg = plans.configurations["3d_fullres"]
+    net = build_network(cfg.network, c.CHANNELS, c.REGIONS, deep_supervision=False)
+    info, cases = load_dataset(dataset_paths(work).raw)
+    case = case or c.case_ids(work)[0]
+    out_dir = work / "autoseg" / ("pred_tta" if tta else "pred")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    out: dict = {"case": case}
+    with c.timed(out), torch.inference_mode():
+        images, _, geometry = read_case(cases[case], label=False)
+        data, _, props = preprocess_case(images, geometry, cfg, info)
+        probs = predict_sliding_window(net, data, cfg.patch_size, c.REGIONS, region_based=True,
+                                       mirror_axes=cfg.mirror_axes if tta else (), step=0.5)
+        seg = info.label_from_outputs(np.asarray(probs))
+        write_image(out_dir / f"{case}.nii.gz", restore_label(seg, props), geometry)
+    return out
+
+
+if __name__ == "__main__":
+    c.main(__doc__, "autoseg", fingerprint_plan=fingerprint_and_plan, preprocess=preprocess, dataloader=dataloader,
+           train_step=train_step, inference=inference)
