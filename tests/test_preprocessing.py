@@ -178,17 +178,28 @@ def test_preprocess_dataset_writes_loads_reruns_and_redoes_half_written(syntheti
 def test_shards_partition_cases_and_pool_matches_inline(synthetic_home: Path) -> None:
     save_plans(synthetic_home, {"3d_fullres": config([1.5, 1.5, 1.5])})
     paths = resolve_dataset(synthetic_home, None)
-    parts = [preprocess_dataset(paths, "3d_fullres", workers=2, shard=(i, 3)) for i in range(3)]
+    parts = [preprocess_dataset(paths, "3d_fullres", workers=2 if i == 0 else 1, shard=(i, 3)) for i in range(3)]
     flat = [c for p in parts for c in p]
     assert sorted(flat) == [f"case_{i:03d}" for i in range(6)] and len(set(flat)) == 6
-    pooled = load_case(paths.config_dir("3d_fullres"), "case_003", mmap=False)
-    case = paths.raw / "imagesTr"
-    images = [read_image(case / f"case_003_{c:04d}.nii.gz", np.float32)[0] for c in range(4)]
+    pooled = load_case(paths.config_dir("3d_fullres"), "case_003", mmap=False)    # written by a pool worker
+    images = [read_image(paths.raw / "imagesTr" / f"case_003_{c:04d}.nii.gz", np.float32)[0] for c in range(4)]
     label, geom = read_image(paths.raw / "labelsTr" / "case_003.nii.gz")
     data, seg, props = preprocess_case(images, geom, config([1.5, 1.5, 1.5]), INFO, label)
     np.testing.assert_array_equal(pooled.data, data)
     np.testing.assert_array_equal(pooled.seg, seg)
     assert pooled.props == props
+
+
+def test_bad_cases_are_all_reported_and_the_others_finished(synthetic_home: Path) -> None:
+    save_plans(synthetic_home, {"3d_fullres": config([1.0, 1.0, 1.0])})
+    paths = resolve_dataset(synthetic_home, None)
+    bad = [paths.raw / "imagesTr" / "case_001_0003.nii.gz", paths.raw / "labelsTr" / "case_004.nii.gz"]
+    bad[0].write_bytes(b"<html>not found</html>")
+    bad[1].unlink()
+    with pytest.raises(AutosegError, match="2 problem") as e:
+        preprocess_dataset(paths, "3d_fullres", workers=1)
+    assert all(str(b) in str(e.value) for b in bad)
+    assert list_preprocessed_cases(paths.config_dir("3d_fullres")) == [f"case_{i:03d}" for i in (0, 2, 3, 5)]
 
 
 def test_plan_change_redoes_cases(synthetic_home: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 from autoseg.cli._common import shard as shard_items
 from autoseg.dataset import CaseFiles, DatasetInfo, load_dataset
-from autoseg.errors import AutosegError, fail
+from autoseg.errors import AutosegError, ProblemList, fail
 from autoseg.io import read_image
 from autoseg.paths import DatasetPaths
 from autoseg.planning.plans import ConfigurationPlan, Plans
@@ -66,8 +67,12 @@ def process_one(files: CaseFiles, config: ConfigurationPlan, info: DatasetInfo, 
     return files.case_id
 
 
-def _process_args(args: tuple) -> str:
-    return process_one(*args)
+def _process_args(args: tuple) -> tuple[str, str | None]:
+    """Worker entry: (case id, None) on success, (case id, one-line problem) for bad input."""
+    try:
+        return process_one(*args), None
+    except AutosegError as e:
+        return args[0].case_id, str(e)
 
 
 def prepare_output(out_dir: Path) -> None:
@@ -85,7 +90,8 @@ def preprocess_dataset(paths: DatasetPaths, configuration: str = "3d_fullres", w
                        shard: tuple[int, int] = (0, 1)) -> list[str]:
     """Preprocess this shard's training cases into ``preprocessed/<dataset>/<configuration>/``.
 
-    Complete cases written with the same plan are skipped; returns the ids processed now.
+    Complete cases written with the same plan are skipped; returns the ids processed now. A case
+    with bad input does not stop the others: all such problems are raised together at the end.
     """
     plans = Plans.load(paths.plans_json)
     config = plans.configuration(configuration, paths.plans_json)
@@ -99,17 +105,27 @@ def preprocess_dataset(paths: DatasetPaths, configuration: str = "3d_fullres", w
     bar = tqdm(total=len(tasks), desc=f"preprocess {configuration}", unit="case", file=sys.stderr,
                disable=not tasks)
     done: list[str] = []
+    problems = ProblemList()
     try:
-        if workers <= 1 or len(tasks) <= 1:
-            for t in tasks:
-                done.append(_process_args(t))
-                bar.update()
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(workers, len(tasks)), maxtasksperchild=TASKS_PER_WORKER) as pool:
-                for cid in pool.imap_unordered(_process_args, tasks, chunksize=1):
-                    done.append(cid)
-                    bar.update()
+        for cid, problem in _run(tasks, workers):
+            if problem is None:
+                done.append(cid)
+            else:
+                problems.add(None, problem)
+            bar.update()
     finally:
         bar.close()
+    if len(problems) == 1:
+        raise AutosegError(problems.items[0])
+    problems.raise_if_any(f"preprocessing {configuration} ({len(done)} case(s) done; fix these and rerun)")
     return sorted(done)
+
+
+def _run(tasks: list[tuple], workers: int) -> Iterator[tuple[str, str | None]]:
+    """Results in completion order: in this process for one worker, else a spawn pool (one case per task)."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(_process_args, tasks)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(workers, len(tasks)), maxtasksperchild=TASKS_PER_WORKER) as pool:
+        yield from pool.imap_unordered(_process_args, tasks, chunksize=1)
