@@ -104,10 +104,18 @@ def _choose_convention(cases: list[BratsCase], existing: str | None) -> str:
     return Counter(c.convention for c in cases).most_common(1)[0][0]
 
 
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
 def copy_nifti(src: Path, dst: Path) -> None:
-    """Place ``src`` at ``dst`` (a ``.nii.gz`` path) atomically: copied as is, or gzipped if it is ``.nii``."""
+    """Place ``src`` at ``dst`` (a ``.nii.gz`` path) atomically: copied as is if gzipped, else gzipped.
+
+    Some releases hold uncompressed files named ``.nii.gz``; gzipping them keeps the name honest.
+    """
     with atomic_path(dst) as tmp:
-        if src.name.endswith(".nii.gz"):
+        if _is_gzip(src):
             shutil.copyfile(src, tmp)
         else:
             with open(src, "rb") as f, gzip.open(tmp, "wb", compresslevel=6) as g:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -106,16 +107,23 @@ def test_duplicate_and_unsafe_case_ids_and_stray_folders_are_all_listed(tmp_path
     assert "2 problem(s)" in msg and "occurs more than once" in msg and f"{stray}: holds NIfTI files" in msg
 
 
-def test_uncompressed_nii_is_gzipped_losslessly(tmp_path: Path) -> None:
+def test_uncompressed_files_are_gzipped_losslessly(tmp_path: Path) -> None:
     case = write_brats_folders(tmp_path / "src", n=1, shape=SHAPE)[0]
-    gz = case / f"{case.name}_t2.nii.gz"
-    image, geometry = read_image(gz)
-    sitk.WriteImage(sitk.ReadImage(str(gz)), str(case / f"{case.name}_t2.nii"), useCompression=False)
-    gz.unlink()
+    t2, flair = case / f"{case.name}_t2.nii.gz", case / f"{case.name}_flair.nii.gz"
+    originals = [read_image(t2), read_image(flair)]
+    sitk.WriteImage(sitk.ReadImage(str(t2)), str(case / f"{case.name}_t2.nii"), useCompression=False)
+    t2.unlink()
+    plain = gzip.decompress(flair.read_bytes())  # uncompressed data under a .nii.gz name
+    flair.write_bytes(plain)
     paths = convert_brats(tmp_path / "src", tmp_path / "home", 1, "B")
-    back, back_geometry = read_image(paths.raw / "imagesTr" / f"{case.name}_0002.nii.gz")
-    np.testing.assert_array_equal(back, image)
-    assert back_geometry == geometry
+    for c, (image, geometry) in zip((2, 3), originals):
+        out = paths.raw / "imagesTr" / f"{case.name}_{c:04d}.nii.gz"
+        assert out.read_bytes()[:2] == b"\x1f\x8b"
+        back, back_geometry = read_image(out)
+        np.testing.assert_array_equal(back, image)
+        assert back_geometry == geometry
+    assert gzip.decompress((paths.raw / "imagesTr" / f"{case.name}_0003.nii.gz").read_bytes()) == plain
+    verify_dataset(paths.raw)
 
 
 def test_cli_converts_and_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
