@@ -155,6 +155,7 @@ def test_preprocess_dataset_writes_loads_reruns_and_redoes_half_written(syntheti
     out = paths.config_dir("3d_fullres")
     done = preprocess_dataset(paths, "3d_fullres", workers=1)
     assert done == [f"case_{i:03d}" for i in range(6)] == list_preprocessed_cases(out)
+    assert DatasetInfo.load(paths.preprocessed / "dataset.json") == DatasetInfo.load(paths.dataset_json)
     case = load_case(out, "case_002")
     assert isinstance(case.data, np.memmap) and case.data.dtype == np.float32 and case.seg.dtype == np.int8
     assert case.data.shape[1:] == case.seg.shape == case.props.shape_after_resampling

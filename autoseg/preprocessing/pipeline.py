@@ -98,6 +98,7 @@ def preprocess_dataset(paths: DatasetPaths, configuration: str = "3d_fullres", w
     info, cases = load_dataset(paths.raw)
     out_dir = paths.config_dir(configuration)
     prepare_output(out_dir)
+    info.save(paths.preprocessed / "dataset.json")   # training can then run where raw/ is absent
     key = plan_key(config, info)
     mine = shard_items(list(cases), *shard)
     todo = [cid for cid in mine if not is_complete(out_dir, cid, key)]
