@@ -38,7 +38,12 @@ class DatasetInfo:
     def load(cls, path: str | Path) -> DatasetInfo:
         """Read and validate ``dataset.json``; each problem is reported with the file and the fix."""
         path = Path(path)
-        d = read_json(path)
+        return cls.from_dict(read_json(path), path)
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str | Path = "dataset.json") -> DatasetInfo:
+        """Validate a ``dataset.json`` dict (e.g. the copy stored in a checkpoint); ``path`` names it in errors."""
+        path = Path(path)
         if not isinstance(d, dict):
             raise fail(path, "must hold a JSON object", "see docs/formats.md for the dataset.json fields")
         missing = [k for k in ("channel_names", "labels", "file_ending") if k not in d]

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from medpy.metric import binary as mp
 from scipy import ndimage
 
 from autoseg.brats import dataset_json_for, find_brats_case
+from autoseg.cli.evaluate import main as evaluate_main
 from autoseg.dataset import DatasetInfo
+from autoseg.evaluation.evaluate import evaluate_folder
 from autoseg.evaluation.metrics import EMPTY_HD95, case_metrics, evaluated_masks, hd95, mask_metrics
-from autoseg.io import read_image
+from autoseg.io import read_image, write_image
+from autoseg.postprocessing import PostprocessingPlan
+from autoseg.synthetic import write_brats_folders
 
-BRATS_INFO = DatasetInfo(**{k: v for k, v in {
-    "channel_names": dataset_json_for("brats2020", 1, "x")["channel_names"],
-    "labels": dataset_json_for("brats2020", 1, "x")["labels"],
-    "file_ending": ".nii.gz", "num_training": 1,
-    "regions_class_order": dataset_json_for("brats2020", 1, "x")["regions_class_order"]}.items()})
+BRATS_INFO = DatasetInfo.from_dict(dataset_json_for("brats2020", 1, "x"))
 
 
 def _blob(shape: tuple[int, ...], centre: tuple[float, ...], radii: tuple[float, ...]) -> np.ndarray:
@@ -81,8 +86,77 @@ def test_real_brats_label_vs_perturbed_matches_medpy(brats_dir) -> None:
     case = find_brats_case(brats_dir / "labelled" / "BraTS19_CBICA_ASK_1")
     ref, geom = read_image(case.label)
     rng = np.random.default_rng(0)
-    for values in ((1, 2, 4), (1, 4), (4,)):
+    for values in ((1, 2, 4), (4,)):
         r = np.isin(ref, values)
         p = ndimage.binary_dilation(r, iterations=2) & (rng.random(r.shape) > 0.05)
         p = np.roll(p, 3, axis=1)
         _assert_matches_medpy(p, r, geom.spacing_zyx)
+
+
+def _copy_labels(src: Path, dst: Path) -> list[str]:
+    dst.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for p in sorted(src.glob("*.nii.gz")):
+        shutil.copy(p, dst / p.name)
+        ids.append(p.name[:-7])
+    return ids
+
+
+def test_evaluate_folder_writes_csv_and_summary(synthetic_home_session: Path, tmp_path: Path) -> None:
+    raw = synthetic_home_session / "raw" / "Dataset001_Synthetic"
+    info = DatasetInfo.load(raw / "dataset.json")
+    ids = _copy_labels(raw / "labelsTr", tmp_path / "pred")[:3]
+    for extra in sorted((tmp_path / "pred").glob("*.nii.gz"))[3:]:
+        extra.unlink()
+    seg, geom = read_image(tmp_path / "pred" / f"{ids[0]}.nii.gz")
+    write_image(tmp_path / "pred" / f"{ids[0]}.nii.gz", np.where(seg == 4, 1, seg).astype(seg.dtype), geom)
+    result = evaluate_folder(tmp_path / "pred", raw / "labelsTr", info, tmp_path / "eval", progress=False)
+    # references without predictions are reported, the three predictions are scored
+    assert len(result.per_case) == 3 and len(result.failed) == 3
+    assert all("reference has no prediction" in f for f in result.failed)
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["median"]["whole tumour"]["dice"] == 1.0
+    et = [result.per_case[c]["enhancing tumour"]["dice"] for c in ids]
+    assert et[0] == 0.0 and et[1:] == [1.0, 1.0]
+    assert summary["mean"]["enhancing tumour"]["dice"] == pytest.approx(2 / 3)
+    assert summary["std"]["enhancing tumour"]["dice"] == pytest.approx(np.std([0, 1, 1]))
+    with open(tmp_path / "eval" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == ids and float(rows[0]["enhancing tumour hd95"]) == EMPTY_HD95
+
+
+def test_cli_infers_brats_regions_and_reports_bad_cases(tmp_path: Path, capsys) -> None:
+    folders = write_brats_folders(tmp_path / "ref", n=3, shape=(24, 32, 32), convention="brats2023")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for f in folders:
+        shutil.copy(f / f"{f.name}-seg.nii.gz", pred / f"{f.name}.nii.gz")
+    seg, geom = read_image(pred / f"{folders[1].name}.nii.gz")
+    write_image(pred / f"{folders[1].name}.nii.gz", np.where(seg == 3, 4, seg).astype(seg.dtype), geom)  # 2020 ET
+    (pred / f"{folders[2].name}.nii.gz").write_bytes(b"truncated")
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(["-p", str(pred), "-r", str(tmp_path / "ref"), "--report"])
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert "enhancing tumour: Dice 1.0000" in captured.out
+    assert f"{folders[1].name}.nii.gz" in captured.err and "[4]" in captured.err
+    assert f"{folders[2].name}.nii.gz" in captured.err
+    assert (pred / "report.html").is_file() and (pred / "overlays" / f"{folders[0].name}.png").is_file()
+    summary = json.loads((pred / "summary.json").read_text())
+    assert summary["num_cases"] == 1 and summary["regions"]["enhancing tumour"] == [3]
+
+
+def test_cli_determines_postprocessing(synthetic_home_session: Path, tmp_path: Path) -> None:
+    raw = synthetic_home_session / "raw" / "Dataset001_Synthetic"
+    ids = _copy_labels(raw / "labelsTr", tmp_path / "pred")
+    for cid in ids:
+        seg, geom = read_image(tmp_path / "pred" / f"{cid}.nii.gz")
+        seg[1:3, 1:3, 1:3] = 2  # a spurious speck far from the tumour
+        write_image(tmp_path / "pred" / f"{cid}.nii.gz", seg, geom)
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(["-p", str(tmp_path / "pred"), "-r", str(raw / "labelsTr"),
+                       "--dataset-json", str(raw / "dataset.json"), "--determine-postprocessing",
+                       str(tmp_path / "pp.json")])
+    assert e.value.code == 0
+    plan = PostprocessingPlan.load(tmp_path / "pp.json")
+    assert plan.foreground_largest_component and plan.num_cases == len(ids)

@@ -1,14 +1,71 @@
-"""autoseg-evaluate (not built yet)."""
+"""autoseg-evaluate: Dice, HD95, sensitivity and specificity of predicted segmentations against references."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
-from autoseg.errors import AutosegError, run_cli
+import numpy as np
+
+from autoseg.cli._common import add_dataset, dataset_paths, parser
+from autoseg.dataset import DatasetInfo
+from autoseg.errors import AutosegError, fail, run_cli
+from autoseg.evaluation.evaluate import EvalCase, brats_info_for, evaluate_folder, find_eval_cases
+from autoseg.io import read_image
+from autoseg.postprocessing import determine_postprocessing
+
+
+def resolve_info(args: argparse.Namespace) -> DatasetInfo:
+    """dataset.json from --dataset-json, else -d, else BraTS names in the reference folder, else the only dataset."""
+    if args.dataset_json:
+        return DatasetInfo.load(args.dataset_json)
+    if args.dataset is None and (info := brats_info_for(args.ref)) is not None:
+        return info
+    try:
+        return DatasetInfo.load(dataset_paths(args).dataset_json)
+    except AutosegError as e:
+        raise fail(args.ref, f"cannot tell which labels/regions to evaluate ({e})",
+                   "give -d NUMBER or --dataset-json FILE") from None
+
+
+def _pairs(cases: list[EvalCase]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for c in cases:
+        yield read_image(c.pred)[0], read_image(c.ref)[0]
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    raise AutosegError("autoseg-evaluate is not built yet in this version; see the open issues")
+    p = parser("autoseg-evaluate", "Score CASE.nii.gz predictions against references (CASE.nii.gz or BraTS case "
+               "folders): per-case metrics.csv and summary.json (mean, median, std).")
+    p.add_argument("-p", "--pred", required=True, help="folder of predicted CASE.nii.gz")
+    p.add_argument("-r", "--ref", required=True, help="folder of reference CASE.nii.gz or BraTS case folders")
+    add_dataset(p)
+    p.add_argument("--dataset-json", default=None, help="dataset.json declaring labels/regions (instead of -d)")
+    p.add_argument("-o", "--output", default=None, help="folder for metrics.csv and summary.json (default: -p)")
+    p.add_argument("-np", "--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--png", action="store_true", help="also write prediction-vs-reference overlays (overlays/)")
+    p.add_argument("--report", action="store_true", help="also write report.html with tables and overlays")
+    p.add_argument("--determine-postprocessing", default=None, metavar="FILE",
+                   help="on cross-validation predictions: decide largest-component postprocessing, save it to FILE")
+    args = p.parse_args(argv)
+    info = resolve_info(args)
+    result = evaluate_folder(args.pred, args.ref, info, args.output, args.workers, args.png, args.report)
+    for line in result.failed:
+        print(f"failed: {line}", file=sys.stderr)
+    for name, m in result.summary["mean"].items():
+        print(f"{name:>18}: Dice {m['dice']:.4f}  HD95 {m['hd95']:.2f} mm  sens {m['sensitivity']:.4f}  "
+              f"spec {m['specificity']:.4f}")
+    out = Path(args.output or args.pred)
+    print(f"{result.summary['num_cases']} case(s) evaluated -> {out / 'summary.json'}", file=sys.stderr)
+    if args.determine_postprocessing:
+        cases = [c for c in find_eval_cases(args.pred, args.ref)[0] if c.case_id in result.per_case]
+        plan = determine_postprocessing(_pairs(cases), info, len(cases))
+        plan.save(args.determine_postprocessing)
+        steps = (["foreground"] if plan.foreground_largest_component else []) + list(plan.largest_component)
+        print(f"postprocessing: keep the largest component of {', '.join(steps) or 'nothing (no gain)'} "
+              f"-> {args.determine_postprocessing}", file=sys.stderr)
+    return 2 if result.failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:

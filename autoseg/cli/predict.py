@@ -1,14 +1,61 @@
-"""autoseg-predict (not built yet)."""
+"""autoseg-predict: segment new cases with trained folds (sliding window, mirroring TTA, fold ensemble)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
-from autoseg.errors import AutosegError, run_cli
+import torch
+
+from autoseg.cli._common import add_dataset, dataset_paths, parse_shard, parser
+from autoseg.errors import run_cli
+from autoseg.inference.predictor import CHECKPOINTS, PRECISIONS, PredictionReport, Predictor, predict_folder
+from autoseg.postprocessing import PostprocessingPlan
+
+
+def print_report(report: PredictionReport, out: str) -> int:
+    """Summary line on stderr, one line per failed case; exit code 2 if any case failed."""
+    for line in report.failed:
+        print(f"failed: {line}", file=sys.stderr)
+    print(f"{len(report.written)} written, {len(report.skipped)} already done, {len(report.failed)} failed -> {out}",
+          file=sys.stderr)
+    return 2 if report.failed else 0
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    raise AutosegError("autoseg-predict is not built yet in this version; see the open issues")
+    p = parser("autoseg-predict", "Segment every case of a folder (raw layout CASE_0000.nii.gz ... or BraTS case "
+               "folders) with the trained folds; outputs keep each input's geometry and label convention.")
+    p.add_argument("-i", "--input", required=True, help="folder of cases to predict")
+    p.add_argument("-o", "--output", required=True, help="folder for CASE.nii.gz (and CASE.npz)")
+    add_dataset(p)
+    p.add_argument("-c", "--configuration", default="3d_fullres", help="trained configuration")
+    p.add_argument("-f", "--folds", nargs="+", default=None,
+                   help="folds to average (0 1 2 3 4, or all); default: every trained fold")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final", help="which checkpoint of each fold")
+    p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster)")
+    p.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (0.5 = half overlap)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="network arithmetic: auto = bf16 on CPUs that support it, fp16 on CUDA, else fp32")
+    p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz for autoseg-ensemble")
+    p.add_argument("--postprocess", default=None, metavar="FILE", help="postprocessing.json to apply")
+    p.add_argument("--shard", default=None, help="i/n: only every n-th case starting at i (0-based), for job arrays")
+    p.add_argument("--png", action="store_true", help="also write an overlay CASE.png per case")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    args = p.parse_args(argv)
+    if not 0 < args.step <= 1:
+        p.error("--step must be in (0, 1]")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shard = parse_shard(args.shard)
+    post = PostprocessingPlan.load(args.postprocess) if args.postprocess else None
+    folds = None if args.folds is None else [f if f == "all" else int(f) for f in args.folds]
+    predictor = Predictor.from_results(dataset_paths(args), args.configuration, folds, args.checkpoint,
+                                       device=args.device, precision=args.precision, mirroring=not args.no_tta,
+                                       step=args.step, batch_size=args.batch_size)
+    report = predict_folder(predictor, args.input, args.output, args.save_probabilities, post, shard, args.png)
+    return print_report(report, args.output)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

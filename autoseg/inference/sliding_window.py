@@ -92,7 +92,7 @@ def _batches(items: list[_Item], size: int) -> Iterator[list[_Item]]:
 
 
 def sliding_window_logits(network: nn.Module, data: torch.Tensor, patch_size: Sequence[int], num_outputs: int,
-                          mirror_axes: Sequence[int] = (), step: float = 0.5, batch_size: int = 2,
+                          mirror_axes: Sequence[int] = (), step: float = 0.5, batch_size: int = 1,
                           device: str | torch.device = "cpu", compute_dtype: torch.dtype | None = None,
                           accumulate_dtype: torch.dtype | None = None, progress: bool = False) -> torch.Tensor:
     """Gaussian-weighted mean logits (num_outputs, *spatial) of ``network`` over overlapping windows.
@@ -155,7 +155,7 @@ def logits_to_probabilities(logits: torch.Tensor, region_based: bool) -> torch.T
 
 def predict_sliding_window(network: nn.Module, data: torch.Tensor | np.ndarray, patch_size: Sequence[int],
                            num_outputs: int, region_based: bool, mirror_axes: Sequence[int] = (), step: float = 0.5,
-                           batch_size: int = 2, device: str | torch.device = "cpu",
+                           batch_size: int = 1, device: str | torch.device = "cpu",
                            compute_dtype: torch.dtype | None = None, progress: bool = False) -> torch.Tensor:
     """Probabilities (num_outputs, *spatial) on the CPU: sigmoid per region, or softmax over classes.
 

@@ -1,0 +1,98 @@
+"""Ensemble configurations or folds: average probabilities saved by ``autoseg-predict --save-probabilities``.
+
+Each ``CASE.npz`` holds float16 probabilities in the case's original grid and, as JSON, its geometry,
+the dataset labels and the input's label convention, so segmentations can be written without the
+images. Cases present in only some folders are reported and skipped; finished outputs are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from autoseg.dataset import DatasetInfo
+from autoseg.errors import AutosegError, fail
+from autoseg.inference.predictor import PredictionReport, save_probabilities, segmentation_from_probabilities
+from autoseg.io import Geometry, write_image
+from autoseg.postprocessing import PostprocessingPlan
+
+
+@dataclass(frozen=True)
+class SavedProbabilities:
+    """One ``CASE.npz`` written by autoseg-predict."""
+
+    probabilities: np.ndarray
+    geometry: Geometry
+    info: DatasetInfo
+    convention: str | None
+
+
+def load_probabilities(path: str | Path) -> SavedProbabilities:
+    """Read a probabilities file (no pickle); a corrupt or foreign file is a one-line error."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            probs, meta = z["probabilities"], json.loads(str(z["meta"]))
+        return SavedProbabilities(probs, Geometry.from_dict(meta["geometry"]),
+                                  DatasetInfo.from_dict(meta["dataset"], path), meta.get("convention"))
+    except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError) as e:
+        raise fail(path, f"not a readable probabilities file ({type(e).__name__})",
+                   "rerun autoseg-predict --save-probabilities for this case") from None
+
+
+def ensemble_case(paths: Sequence[Path]) -> SavedProbabilities:
+    """Mean of the cases' probabilities; they must agree on shape and on labels/regions."""
+    first = load_probabilities(paths[0])
+    total = first.probabilities.astype(np.float32)
+    for p in paths[1:]:
+        other = load_probabilities(p)
+        if other.probabilities.shape != total.shape:
+            raise fail(p, f"probabilities of shape {other.probabilities.shape} differ from {total.shape} "
+                       f"({paths[0]})", "ensemble predictions of the same cases and dataset")
+        if other.info.regions != first.info.regions:
+            raise fail(p, "labels/regions differ from those of the first folder", "ensemble models of one dataset")
+        total += other.probabilities
+    total /= len(paths)
+    return SavedProbabilities(total, first.geometry, first.info, first.convention)
+
+
+def ensemble_folders(input_dirs: Sequence[str | Path], output_dir: str | Path,
+                     postprocessing: PostprocessingPlan | None = None, save_probs: bool = False,
+                     progress: bool = True) -> PredictionReport:
+    """Average ``CASE.npz`` over ``input_dirs`` and write ``CASE.nii.gz`` (and the mean ``.npz``) to ``output_dir``."""
+    dirs = [Path(d) for d in input_dirs]
+    if len(dirs) < 2:
+        raise fail(None, "ensembling needs at least two input folders", "give -i A B [C ...]")
+    ids_per_dir = []
+    for d in dirs:
+        if not d.is_dir():
+            raise fail(d, "folder not found", "give folders written by autoseg-predict --save-probabilities")
+        ids = {p.name[:-4] for p in d.glob("*.npz")}
+        if not ids:
+            raise fail(d, "no probabilities (CASE.npz) found", "predict with --save-probabilities")
+        ids_per_dir.append(ids)
+    common = set.intersection(*ids_per_dir)
+    report = PredictionReport()
+    for d, ids in zip(dirs, ids_per_dir):
+        report.failed += [f"{d / (c + '.npz')}: missing from the other folders, skipped" for c in sorted(ids - common)]
+    out = Path(output_dir)
+    for cid in tqdm(sorted(common), desc="ensemble", unit="case", disable=not progress):
+        seg_path, npz_path = out / f"{cid}.nii.gz", out / f"{cid}.npz"
+        if seg_path.is_file() and (npz_path.is_file() or not save_probs):
+            report.skipped.append(cid)
+            continue
+        try:
+            mean = ensemble_case([d / f"{cid}.npz" for d in dirs])
+            if save_probs:
+                save_probabilities(npz_path, mean.probabilities, mean.geometry, mean.info, mean.convention)
+            seg = segmentation_from_probabilities(mean.probabilities, mean.info, mean.convention, postprocessing)
+            write_image(seg_path, seg, mean.geometry)
+            report.written.append(cid)
+        except AutosegError as e:
+            report.failed.append(str(e))
+    return report

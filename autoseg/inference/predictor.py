@@ -1,0 +1,304 @@
+"""Predict new cases with trained folds: load once, then predict many (in-process deployment).
+
+:class:`Predictor` holds the fold networks of one configuration; :meth:`Predictor.predict` turns raw
+channels into probabilities in the input's own grid (fold logits averaged, then sigmoid/softmax).
+:func:`predict_folder` runs it over a folder (raw layout or BraTS case folders), writes NIfTI
+segmentations in each input's geometry and label convention, skips finished cases, and reports a
+bad case in one line while the others finish.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from autoseg.brats import ENHANCING, find_brats_case
+from autoseg.checkpoint import load_checkpoint
+from autoseg.dataset import DatasetInfo
+from autoseg.errors import AutosegError, fail
+from autoseg.inference.sliding_window import eval_mode, logits_to_probabilities, sliding_window_logits
+from autoseg.io import Geometry, read_image, save_npz_atomic, write_image
+from autoseg.network import build_network
+from autoseg.paths import DatasetPaths
+from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan
+from autoseg.postprocessing import PostprocessingPlan
+from autoseg.preprocessing import preprocess_case, restore_probabilities
+
+CHECKPOINTS = ("final", "best", "latest")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class InputCase:
+    """One case to predict: its channel files in order and, for BraTS-named inputs, their convention."""
+
+    case_id: str
+    channels: tuple[Path, ...]
+    convention: str | None = None
+
+
+def find_input_cases(folder: str | Path, num_channels: int, file_ending: str = ".nii.gz") -> list[InputCase]:
+    """Cases in ``folder``: raw layout (``CASE_0000.nii.gz`` ...), BraTS-named case folders, or one BraTS folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise fail(folder, "input folder not found", "give the folder holding the cases with -i")
+    single = find_brats_case(folder)
+    if single is not None:
+        return [InputCase(single.case_id, single.channels, single.convention)]
+    cases: dict[str, InputCase] = {}
+    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
+    ids = sorted({m.group(1) for p in folder.iterdir() if p.is_file() and (m := pattern.match(p.name))})
+    for cid in ids:
+        cases[cid] = InputCase(cid, tuple(folder / f"{cid}_{c:04d}{file_ending}" for c in range(num_channels)))
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        bc = find_brats_case(sub)
+        if bc is not None:
+            cases.setdefault(bc.case_id, InputCase(bc.case_id, bc.channels, bc.convention))
+    if not cases:
+        raise fail(folder, f"no cases found (expected CASE_0000{file_ending} ... or BraTS case folders)",
+                   "check -i; see docs/inference.md for the accepted layouts")
+    return [cases[k] for k in sorted(cases)]
+
+
+def read_input_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
+    """Read every channel; a missing, unreadable or mismatched channel is an AutosegError naming its file."""
+    images, geometry = [], None
+    for path in case.channels:
+        if not path.is_file():
+            raise fail(path, "channel file missing", "add it or remove the case from the input folder")
+        image, geom = read_image(path, np.float32)
+        if geometry is None:
+            geometry = geom
+        elif (problem := geometry.mismatch(geom)) is not None:
+            raise fail(path, f"{problem} of the first channel", "all channels of a case must share one image grid")
+        images.append(image)
+    assert geometry is not None
+    return images, geometry
+
+
+def output_label_map(info: DatasetInfo, convention: str | None) -> dict[int, int]:
+    """Label values to rewrite so the output follows the input's BraTS convention (e.g. {4: 3})."""
+    if convention is None or info.label_convention not in ENHANCING or convention not in ENHANCING:
+        return {}
+    src, dst = ENHANCING[info.label_convention], ENHANCING[convention]
+    return {src: dst} if src != dst else {}
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a one-line error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise fail(None, "--device cuda asked for but no CUDA GPU is visible", "use --device cpu or auto")
+    return torch.device(device)
+
+
+def compute_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: ``auto`` is bf16 on a CPU with native bf16 support, fp16 on CUDA, else fp32 (None)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else None
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def configuration_from_dict(d: dict) -> ConfigurationPlan:
+    """ConfigurationPlan from the dict stored in a checkpoint."""
+    d = dict(d)
+    d["network"] = NetworkPlan(**d["network"])
+    d["normalization"] = [ChannelNormalization(**n) for n in d["normalization"]]
+    return ConfigurationPlan(**d)
+
+
+@dataclass
+class Predictor:
+    """The fold networks of one configuration, loaded once; predicts raw cases (see module docstring)."""
+
+    config: ConfigurationPlan
+    info: DatasetInfo
+    networks: list[nn.Module]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    mirroring: bool = True
+    step: float = 0.5
+    batch_size: int = 1
+    compute_dtype: torch.dtype | None = None
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | Path], device: str = "auto", precision: str = "auto",
+                         **options) -> Predictor:
+        """Load checkpoints written by autoseg-train (all of one configuration and dataset)."""
+        if not paths:
+            raise fail(None, "no checkpoint given", "train a fold first or check -f")
+        dev = pick_device(device)
+        first = load_checkpoint(paths[0])
+        config, info = configuration_from_dict(first["configuration"]), DatasetInfo.from_dict(first["dataset"], paths[0])
+        networks = []
+        for i, path in enumerate(paths):
+            ckpt = first if i == 0 else load_checkpoint(path, first["configuration"])
+            net = build_network(config.network, info.num_channels, info.num_outputs, deep_supervision=False)
+            try:
+                net.load_state_dict(ckpt["network_state"])
+            except RuntimeError as e:
+                raise fail(path, f"weights do not fit the network of its plan ({str(e).splitlines()[0][:80]})",
+                           "use an untouched checkpoint written by autoseg-train") from None
+            networks.append(net.to(dev).eval())
+        return cls(config, info, networks, dev, compute_dtype=compute_dtype_for(precision, dev), **options)
+
+    @classmethod
+    def from_results(cls, paths: DatasetPaths, configuration: str = "3d_fullres",
+                     folds: Sequence[int | str] | None = None, checkpoint: str = "final", **kwargs) -> Predictor:
+        """Load the folds of ``results/DatasetX/CONFIG``; ``folds=None`` takes every trained fold."""
+        if checkpoint not in CHECKPOINTS:
+            raise fail(None, f"--checkpoint {checkpoint!r} unknown", f"use one of {', '.join(CHECKPOINTS)}")
+        name = f"checkpoint_{checkpoint}.pt"
+        if folds is None:
+            found = sorted(p for p in (paths.results / configuration).glob(f"fold_*/{name}"))
+            if not found:
+                raise fail(paths.results / configuration, f"no trained fold with {name}",
+                           f"train one first: autoseg-train {configuration} fold0")
+            return cls.from_checkpoints(found, **kwargs)
+        return cls.from_checkpoints([paths.fold_dir(configuration, f) / name for f in folds], **kwargs)
+
+    @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        return tuple(self.config.mirror_axes) if self.mirroring else ()
+
+    def logits(self, data: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """Fold-averaged logits (num_outputs, *preprocessed shape) of a preprocessed case."""
+        total = None
+        for net in self.networks:
+            with eval_mode(net):
+                out = sliding_window_logits(net, data, self.config.patch_size, self.info.num_outputs,
+                                            self.mirror_axes, self.step, self.batch_size, self.device,
+                                            self.compute_dtype, progress=progress)
+            total = out if total is None else total.add_(out)
+        assert total is not None
+        return total.div_(len(self.networks))
+
+    def predict(self, images: list[np.ndarray], geometry: Geometry, progress: bool = False) -> np.ndarray:
+        """Probabilities (num_outputs, *original zyx) float32 for raw channels in their own grid."""
+        data, _, props = preprocess_case(images, geometry, self.config, self.info)
+        probs = self.probabilities_preprocessed(torch.from_numpy(data), progress)
+        background = None if self.info.region_based else 0
+        return restore_probabilities(probs, props, background)
+
+    def probabilities_preprocessed(self, data: torch.Tensor, progress: bool = False) -> np.ndarray:
+        logits = self.logits(data, progress)
+        return logits_to_probabilities(logits, self.info.region_based).float().cpu().numpy()
+
+
+def segmentation_from_probabilities(probs: np.ndarray, info: DatasetInfo, convention: str | None = None,
+                                    postprocessing: PostprocessingPlan | None = None) -> np.ndarray:
+    """Label map in the dataset's values, postprocessed, then rewritten to the input's BraTS convention."""
+    seg = info.label_from_outputs(probs)
+    if postprocessing is not None:
+        seg = postprocessing.apply(seg, info)
+    for src, dst in output_label_map(info, convention).items():
+        seg[seg == src] = dst
+    return seg
+
+
+def save_probabilities(path: Path, probs: np.ndarray, geometry: Geometry, info: DatasetInfo,
+                       convention: str | None) -> None:
+    """float16 probabilities in the original grid plus what is needed to write a segmentation from them."""
+    meta = {"geometry": {"size": geometry.size, "spacing": geometry.spacing, "origin": geometry.origin,
+                         "direction": geometry.direction}, "dataset": info.to_dict(), "convention": convention}
+    save_npz_atomic(path, probabilities=probs.astype(np.float16), meta=np.array(json.dumps(meta)))
+
+
+@dataclass
+class PredictionReport:
+    """What :func:`predict_folder` did: cases written, skipped as finished, and failures (one line each)."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
+    return out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}.npz"
+
+
+def _is_done(case: InputCase, out_dir: Path, with_probabilities: bool) -> bool:
+    seg, npz = output_paths(out_dir, case.case_id)
+    return seg.is_file() and (npz.is_file() or not with_probabilities)
+
+
+def _prefetch(cases: list[InputCase]) -> Iterator[tuple[InputCase, Future]]:
+    """Read the next case in a background thread while the current one is predicted."""
+    with ThreadPoolExecutor(1) as pool:
+        futures = [pool.submit(read_input_case, cases[0])] if cases else []
+        for i, case in enumerate(cases):
+            if i + 1 < len(cases):
+                futures.append(pool.submit(read_input_case, cases[i + 1]))
+            yield case, futures[i]
+
+
+def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str | Path,
+                   save_probs: bool = False, postprocessing: PostprocessingPlan | None = None,
+                   shard: tuple[int, int] = (0, 1), overlay_png: bool = False, progress: bool = True) -> PredictionReport:
+    """Predict every case of ``input_dir`` (its ``shard``) into ``output_dir``; see the module docstring."""
+    out_dir = Path(output_dir)
+    cases = find_input_cases(input_dir, predictor.info.num_channels, predictor.info.file_ending)
+    i, n = shard
+    cases = sorted(cases, key=lambda c: c.case_id)[i::n]
+    report = PredictionReport()
+    todo = []
+    for case in cases:
+        if _is_done(case, out_dir, save_probs):
+            report.skipped.append(case.case_id)
+        else:
+            todo.append(case)
+    bar = tqdm(total=len(todo), desc="predict", unit="case", disable=not progress)
+    with ThreadPoolExecutor(1) as writer:
+        pending: list[Future] = []
+        for case, loaded in _prefetch(todo):
+            try:
+                images, geometry = loaded.result()
+                probs = predictor.predict(images, geometry)
+                pending.append(writer.submit(_export, case, probs, geometry, predictor.info, out_dir, save_probs,
+                                             postprocessing, images[0] if overlay_png else None))
+                report.written.append(case.case_id)
+            except AutosegError as e:
+                report.failed.append(f"{case.case_id}: {e}")
+            bar.update()
+        for case_id, fut in zip(list(report.written), pending):
+            try:
+                fut.result()
+            except AutosegError as e:
+                report.written.remove(case_id)
+                report.failed.append(f"{case_id}: {e}")
+    bar.close()
+    return report
+
+
+def _export(case: InputCase, probs: np.ndarray, geometry: Geometry, info: DatasetInfo, out_dir: Path,
+            save_probs: bool, postprocessing: PostprocessingPlan | None, image: np.ndarray | None) -> None:
+    seg_path, npz_path = output_paths(out_dir, case.case_id)
+    if save_probs:
+        save_probabilities(npz_path, probs, geometry, info, case.convention)
+    seg = segmentation_from_probabilities(probs, info, case.convention, postprocessing)
+    write_image(seg_path, seg, geometry)
+    if image is not None:
+        from autoseg.visualize import save_overlay_png
+        save_overlay_png(image, seg, out_dir / f"{case.case_id}.png", title=case.case_id)
