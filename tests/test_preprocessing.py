@@ -174,6 +174,21 @@ def test_preprocess_dataset_writes_loads_reruns_and_redoes_half_written(syntheti
     assert twod == ["case_001", "case_003", "case_005"]
     c2 = load_case(paths.config_dir("2d"), "case_001")
     assert c2.props.target_spacing == (1.0, 2.0, 2.0) and c2.props.resampled
+    assert not case_files(paths.config_dir("2d"), "case_001")["data"].samefile(case_files(out, "case_001")["data"])
+
+
+def test_2d_at_the_3d_spacing_links_the_3d_files(synthetic_home: Path) -> None:
+    save_plans(synthetic_home, {"3d_fullres": config([1.0, 1.0, 1.0]), "2d": config([1.0, 1.0], "2d")})
+    paths = resolve_dataset(synthetic_home, None)
+    preprocess_dataset(paths, "3d_fullres", workers=1, shard=(0, 3))
+    assert preprocess_dataset(paths, "2d", workers=1) == [f"case_{i:03d}" for i in range(6)]
+    d3, d2 = paths.config_dir("3d_fullres"), paths.config_dir("2d")
+    for cid in ("case_000", "case_003"):                                   # linked, no second copy on disk
+        assert all(case_files(d2, cid)[k].samefile(case_files(d3, cid)[k]) for k in ("data", "seg", "fg"))
+    assert not case_files(d2, "case_001")["data"].samefile(case_files(d3, "case_000")["data"])
+    a, b = load_case(d2, "case_003"), load_case(d3, "case_003")
+    assert a.props == b.props and np.array_equal(a.data, b.data)
+    assert preprocess_dataset(paths, "2d", workers=1) == []
 
 
 def test_shards_partition_cases_and_pool_matches_inline(synthetic_home: Path) -> None:

@@ -20,18 +20,43 @@ from autoseg.errors import AutosegError, ProblemList, fail
 from autoseg.io import read_image
 from autoseg.paths import DatasetPaths
 from autoseg.planning.plans import ConfigurationPlan, Plans
-from autoseg.preprocessing.case import preprocess_case
-from autoseg.preprocessing.storage import FORMAT_VERSION, foreground_locations, is_complete, save_case
+from autoseg.preprocessing.case import configured_spacing, preprocess_case
+from autoseg.preprocessing.properties import CaseProperties
+from autoseg.preprocessing.storage import (FORMAT_VERSION, foreground_locations, is_complete, link_case, read_marker,
+                                           save_case)
 
 TASKS_PER_WORKER = 20  # fresh worker processes now and then keep memory bounded over long runs
 
 
+def content_key(config: ConfigurationPlan, info: DatasetInfo) -> str:
+    """Hash of what the stored arrays depend on besides the spacing (normalisation, regions, channels)."""
+    basis = {"format": FORMAT_VERSION, "normalization": [asdict(n) for n in config.normalization],
+             "regions": info.regions, "channels": info.channel_names}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def plan_key(config: ConfigurationPlan, info: DatasetInfo) -> str:
     """Hash of everything the stored data depends on; a case written under another key is redone."""
-    basis = {"format": FORMAT_VERSION, "spacing": config.spacing,
-             "normalization": [asdict(n) for n in config.normalization], "regions": info.regions,
-             "channels": info.channel_names}
+    basis = {"content": content_key(config, info), "spacing": config.spacing}
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reuse_sibling(out_dir: Path, case_id: str, config: ConfigurationPlan, key: str, content: str) -> bool:
+    """Hard-link the case from another configuration that preprocessed it identically (e.g. ``2d`` at
+    the ``3d_fullres`` in-plane spacing); False when there is none or links are not possible."""
+    for sibling in sorted(p for p in out_dir.parent.iterdir() if p.is_dir() and p != out_dir):
+        marker = read_marker(sibling, case_id)
+        if marker is None or marker.get("content_key") != content:
+            continue
+        props = CaseProperties.from_dict(marker["properties"])
+        if configured_spacing(config, props.spacing_canonical) != props.target_spacing:
+            continue
+        try:
+            link_case(sibling, out_dir, case_id, {**marker, "plan_key": key})
+        except OSError:
+            return False
+        return True
+    return False
 
 
 def read_case(files: CaseFiles, label: bool = True) -> tuple[list[np.ndarray], np.ndarray | None, object]:
@@ -55,7 +80,10 @@ def read_case(files: CaseFiles, label: bool = True) -> tuple[list[np.ndarray], n
 
 
 def process_one(files: CaseFiles, config: ConfigurationPlan, info: DatasetInfo, out_dir: Path, key: str) -> str:
-    """Read, preprocess and store one case (the unit of work of a worker)."""
+    """Read, preprocess and store one case (the unit of work of a worker), or link an identical one."""
+    content = content_key(config, info)
+    if reuse_sibling(out_dir, files.case_id, config, key, content):
+        return files.case_id
     images, label, geometry = read_case(files)
     try:
         data, seg, props = preprocess_case(images, geometry, config, info, label)  # type: ignore[arg-type]
@@ -63,7 +91,7 @@ def process_one(files: CaseFiles, config: ConfigurationPlan, info: DatasetInfo, 
         raise AutosegError(f"{files.images[0].parent / files.case_id}: {e}") from None
     del images, label
     fg = foreground_locations(seg, info, files.case_id) if seg is not None else {}
-    save_case(out_dir, files.case_id, data, seg, props, fg, key)
+    save_case(out_dir, files.case_id, data, seg, props, fg, key, content)
     return files.case_id
 
 

@@ -9,7 +9,9 @@ exactly when it exists, so a killed run leaves nothing that a rerun trusts.
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +62,7 @@ def foreground_locations(seg: np.ndarray, info: DatasetInfo, case_id: str,
 
 
 def save_case(config_dir: Path, case_id: str, data: np.ndarray, seg: np.ndarray | None, props: CaseProperties,
-              fg_locations: dict[str, np.ndarray], plan_key: str) -> None:
+              fg_locations: dict[str, np.ndarray], plan_key: str, content_key: str = "") -> None:
     """Write one case, marker last; the old marker goes first so a half-rewritten case is never trusted."""
     files = case_files(config_dir, case_id)
     files["props"].unlink(missing_ok=True)
@@ -72,7 +74,24 @@ def save_case(config_dir: Path, case_id: str, data: np.ndarray, seg: np.ndarray 
         files["seg"].unlink(missing_ok=True)
     save_npz_atomic(files["fg"], compressed=True, **{f"fg{i}": v for i, v in enumerate(fg_locations.values())})
     write_json_atomic(files["props"], {"format_version": FORMAT_VERSION, "case_id": case_id, "plan_key": plan_key,
-                                       "foreground_names": list(fg_locations), "properties": props.to_dict()})
+                                       "content_key": content_key, "foreground_names": list(fg_locations),
+                                       "properties": props.to_dict()})
+
+
+def link_case(src_dir: Path, dst_dir: Path, case_id: str, marker: dict) -> None:
+    """Hard-link a complete case's arrays from another configuration folder (same content, no extra
+    disk), then write ``marker`` last. Raises OSError where the file system has no hard links."""
+    src, dst = case_files(src_dir, case_id), case_files(dst_dir, case_id)
+    dst["props"].unlink(missing_ok=True)
+    remove_stale_temporaries(dst_dir, case_id)
+    for kind in ("data", "seg", "fg"):
+        if not src[kind].is_file():
+            dst[kind].unlink(missing_ok=True)
+            continue
+        tmp = dst_dir / f".{dst[kind].stem}.{secrets.token_hex(4)}.tmp{dst[kind].suffix}"
+        os.link(src[kind], tmp)
+        os.replace(tmp, dst[kind])
+    write_json_atomic(dst["props"], marker)
 
 
 def remove_stale_temporaries(config_dir: Path, case_id: str) -> None:
