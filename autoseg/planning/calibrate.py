@@ -1,0 +1,113 @@
+"""Measure what one training step really holds, on CPU, to calibrate :mod:`autoseg.planning.memory`.
+
+Two counts, both exact on any device that runs the step:
+
+* ``saved_activation_bytes``: unique storages autograd saves for backward during forward + loss
+  (``torch.autograd.graph.saved_tensors_hooks``), parameters excluded;
+* ``peak_bytes``: the peak of live tensor storage during forward, loss, backward and the SGD step,
+  tracked by a dispatch mode that adds every new output storage and subtracts it when freed, plus
+  what exists before the step (parameters, momentum, the batch). It is the CPU twin of
+  ``torch.cuda.max_memory_allocated`` (without cuDNN workspaces and allocator rounding).
+
+Mixed precision is measured with CPU autocast to bfloat16 (2 bytes, like float16 on CUDA).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from autoseg.network import build_network
+from autoseg.planning.plans import NetworkPlan
+
+
+@dataclass(frozen=True)
+class MeasuredMemory:
+    saved_activation_bytes: int
+    peak_bytes: int
+
+
+class _LiveStorage(TorchDispatchMode):
+    """Tracks the bytes of storages created by ops while active, and their peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._live: set[int] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                s = t.untyped_storage()
+                ptr, n = s.data_ptr(), s.nbytes()
+                if n and ptr not in self._live:
+                    self._live.add(ptr)
+                    self.current += n
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(s, self._free, ptr, n)
+        return out
+
+    def _free(self, ptr: int, n: int) -> None:
+        if ptr in self._live:
+            self._live.discard(ptr)
+            self.current -= n
+
+
+def _loss(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+    """Deep-supervised sigmoid BCE + soft Dice, weights halving per level (what training uses for regions)."""
+    total = outputs[0].new_zeros((), dtype=torch.float32)
+    for i, (o, t) in enumerate(zip(outputs, targets)):
+        o = o.float()
+        p = torch.sigmoid(o)
+        dims = tuple(range(2, o.ndim))
+        dice = (2 * (p * t).sum(dims) + 1e-5) / (p.sum(dims) + t.sum(dims) + 1e-5)
+        total = total + 0.5 ** i * (F.binary_cross_entropy_with_logits(o, t) + 1 - dice.mean())
+    return total
+
+
+def _nbytes(tensors: Sequence[torch.Tensor]) -> int:
+    return sum(t.untyped_storage().nbytes() for t in tensors)
+
+
+def measure_training_step(net_plan: NetworkPlan, patch_size: Sequence[int], batch_size: int, in_channels: int,
+                          out_channels: int, mixed_precision: bool, seed: int = 0) -> MeasuredMemory:
+    """Run one SGD step (momentum buffers already allocated, as in every step but the first) on random data."""
+    torch.manual_seed(seed)
+    net = build_network(net_plan, in_channels, out_channels)
+    params = list(net.parameters())
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.99, nesterov=True)
+    for p in params:
+        opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    x = torch.randn(batch_size, in_channels, *patch_size)
+    with torch.no_grad():
+        shapes = [o.shape[2:] for o in net(x[:1])]
+    y = (torch.rand(batch_size, out_channels, *patch_size) > 0.5).float()
+    targets = [F.interpolate(y, size=tuple(s), mode="nearest") for s in shapes]
+    del y
+    before = _nbytes(params) + _nbytes([opt.state[p]["momentum_buffer"] for p in params]) + _nbytes([x, *targets])
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in param_ptrs:
+            saved[s.data_ptr()] = s.nbytes()
+        return t
+
+    mode = _LiveStorage()
+    with mode:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed_precision):
+            loss = _loss(net(x), targets)
+        loss.backward()
+        opt.step()
+    return MeasuredMemory(saved_activation_bytes=sum(saved.values()), peak_bytes=before + mode.peak)
