@@ -148,7 +148,11 @@ def test_wrong_file_ending_and_undeclared_channel(raw: Path) -> None:
 def test_real_labelled_cases_pass(brats_dir: Path, tmp_path: Path) -> None:
     from autoseg.convert import convert_brats
 
-    paths = convert_brats(brats_dir / "labelled", tmp_path / "home", 1, "BraTS")
+    src = tmp_path / "src"  # two real cases, linked: one with enhancing tumour (4), one without
+    src.mkdir()
+    for case in ("BraTS19_CBICA_ASK_1", "TCGA-DU-7294"):
+        (src / case).symlink_to(brats_dir / "labelled" / case)
+    paths = convert_brats(src, tmp_path / "home", 1, "BraTS")
     verify_dataset(paths.raw)
     # a real label with a value the 2023 convention does not declare is caught
     d = json.loads(paths.dataset_json.read_text())
