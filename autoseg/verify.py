@@ -4,6 +4,10 @@ Two levels: file names (``dataset.json``, channels present, duplicate or unsafe 
 images, ``numTraining``), then the content of each complete training case (readable, 3D, same geometry
 across channels and label, finite, not all zero, label values declared, label not empty). Cases are
 read one file at a time, ``workers`` cases in parallel, so memory stays bounded by the largest volume.
+
+NIfTI voxel data is read with nibabel, not SimpleITK: SimpleITK 2.5 silently turns NaN/inf into 0 and
+reads a truncated ``.nii.gz`` without error (the missing part comes back as zeros), so it would hide
+exactly what this check is for. Geometry comes from SimpleITK's header reader, as everywhere else.
 """
 
 from __future__ import annotations
@@ -49,33 +53,44 @@ def _scan(folder: Path, ending: str, problems: ProblemList) -> dict[str, Path]:
     return found
 
 
+def _channels_by_case(img_dir: Path, info: DatasetInfo, problems: ProblemList) -> dict[str, set[int]]:
+    """Channel indices found per case id in ``img_dir``; misnamed files and undeclared channels go to problems."""
+    channel_re = re.compile(r"^(.+)_(\d{4})$")
+    channels: dict[str, set[int]] = defaultdict(set)
+    for stem, path in _scan(img_dir, info.file_ending, problems).items():
+        m = channel_re.match(stem)
+        if not m:
+            problems.add(path, f"not named CASE_XXXX{info.file_ending} (XXXX = 4-digit channel index)",
+                         "rename or move it out")
+        elif int(m.group(2)) >= info.num_channels:
+            problems.add(path, f"channel {int(m.group(2))} is not declared (dataset.json has {info.num_channels} "
+                         f"channel(s), 0-{info.num_channels - 1})", "remove the file or add the channel to channel_names")
+        else:
+            channels[m.group(1)].add(int(m.group(2)))
+    return channels
+
+
+def _check_case_collisions(img_dir: Path, case_ids: set[str], problems: ProblemList) -> None:
+    by_lower: dict[str, list[str]] = defaultdict(list)
+    for cid in sorted(case_ids):
+        by_lower[cid.lower()].append(cid)
+    for same in by_lower.values():
+        if len(same) > 1:
+            problems.add(img_dir, f"case ids {' and '.join(same)} differ only in upper/lower case "
+                         "(they collide on case-insensitive file systems)", "rename one of them")
+
+
 def _training_cases(raw_dir: Path, info: DatasetInfo, problems: ProblemList) -> list[CaseFiles]:
     """Name-level checks of imagesTr/labelsTr; returns the cases whose files are all present."""
     img_dir, lab_dir, ending = raw_dir / "imagesTr", raw_dir / "labelsTr", info.file_ending
     if not img_dir.is_dir():
         problems.add(img_dir, "folder not found", f"put the training images there (CASE_0000{ending}, ...)")
         return []
-    channel_re = re.compile(r"^(.+)_(\d{4})$")
-    channels: dict[str, set[int]] = defaultdict(set)
-    for stem, path in _scan(img_dir, ending, problems).items():
-        m = channel_re.match(stem)
-        if not m:
-            problems.add(path, f"not named CASE_XXXX{ending} (XXXX = 4-digit channel index)", "rename or move it out")
-        elif int(m.group(2)) >= info.num_channels:
-            problems.add(path, f"channel {int(m.group(2))} is not declared (dataset.json has {info.num_channels} "
-                         f"channel(s), 0-{info.num_channels - 1})", "remove the file or add the channel to channel_names")
-        else:
-            channels[m.group(1)].add(int(m.group(2)))
+    channels = _channels_by_case(img_dir, info, problems)
     labels = _scan(lab_dir, ending, problems) if lab_dir.is_dir() else {}
     if not lab_dir.is_dir():
         problems.add(lab_dir, "folder not found", f"put the training labels there (CASE{ending})")
-    by_lower: dict[str, list[str]] = defaultdict(list)
-    for cid in sorted(set(channels) | set(labels)):
-        by_lower[cid.lower()].append(cid)
-    for same in by_lower.values():
-        if len(same) > 1:
-            problems.add(img_dir, f"case ids {' and '.join(same)} differ only in upper/lower case "
-                         "(they collide on case-insensitive file systems)", "rename one of them")
+    _check_case_collisions(img_dir, set(channels) | set(labels), problems)
     cases = []
     for cid in sorted(channels):
         try:

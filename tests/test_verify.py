@@ -130,18 +130,20 @@ def test_bad_dataset_json_stops_with_one_line(raw: Path) -> None:
         verify_dataset(raw.parent / "nothing")
 
 
-def test_wrong_file_ending_and_undeclared_channel(raw: Path) -> None:
+def test_wrong_file_ending_undeclared_channel_and_unsafe_id(raw: Path) -> None:
     path = _img(raw, 0, 0)
     mha = path.with_name("case_000_0000.mha")
     sitk.WriteImage(sitk.ReadImage(str(path)), str(mha))
     path.unlink()
     shutil.copy(_img(raw, 1, 0), raw / "imagesTr" / "case_001_0004.nii.gz")
+    shutil.copy(_img(raw, 1, 0), raw / "imagesTr" / "bad case_0000.nii.gz")
     with pytest.raises(AutosegError) as e:
         verify_dataset(raw)
     msg = str(e.value)
     assert f"{mha}: file ending .mha differs from dataset.json's file_ending .nii.gz" in msg
     assert "case_001_0004.nii.gz: channel 4 is not declared" in msg
     assert f"{path}: channel 0 (T1) missing" in msg
+    assert "unsafe case id 'bad case'" in msg
 
 
 @pytest.mark.brats
