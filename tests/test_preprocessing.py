@@ -209,13 +209,16 @@ def test_shards_partition_cases_and_pool_matches_inline(synthetic_home: Path) ->
 def test_bad_cases_are_all_reported_and_the_others_finished(synthetic_home: Path) -> None:
     save_plans(synthetic_home, {"3d_fullres": config([1.0, 1.0, 1.0])})
     paths = resolve_dataset(synthetic_home, None)
-    bad = [paths.raw / "imagesTr" / "case_001_0003.nii.gz", paths.raw / "labelsTr" / "case_004.nii.gz"]
+    bad = [paths.raw / "imagesTr" / "case_001_0003.nii.gz", paths.raw / "labelsTr" / "case_004.nii.gz",
+           paths.raw / "imagesTr" / "case_002_0001.nii.gz"]
     bad[0].write_bytes(b"<html>not found</html>")
     bad[1].unlink()
-    with pytest.raises(AutosegError, match="2 problem") as e:
+    image, geom = read_image(bad[2])
+    write_image(bad[2], image, Geometry(geom.size, (2.0, 1.0, 1.0), geom.origin, geom.direction))
+    with pytest.raises(AutosegError, match="3 problem") as e:
         preprocess_dataset(paths, "3d_fullres", workers=1)
-    assert all(str(b) in str(e.value) for b in bad)
-    assert list_preprocessed_cases(paths.config_dir("3d_fullres")) == [f"case_{i:03d}" for i in (0, 2, 3, 5)]
+    assert all(str(b) in str(e.value) for b in bad) and "spacing" in str(e.value)
+    assert list_preprocessed_cases(paths.config_dir("3d_fullres")) == [f"case_{i:03d}" for i in (0, 3, 5)]
 
 
 def test_plan_change_redoes_cases(synthetic_home: Path) -> None:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from autoseg.cli._common import shard as shard_items
 from autoseg.dataset import CaseFiles, DatasetInfo, load_dataset
 from autoseg.errors import AutosegError, ProblemList, fail
-from autoseg.io import read_image
+from autoseg.io import Geometry, read_image
 from autoseg.paths import DatasetPaths
 from autoseg.planning.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case import configured_spacing, preprocess_case
@@ -59,8 +59,8 @@ def reuse_sibling(out_dir: Path, case_id: str, config: ConfigurationPlan, key: s
     return False
 
 
-def read_case(files: CaseFiles, label: bool = True) -> tuple[list[np.ndarray], np.ndarray | None, object]:
-    """Read a case's channels (float32) and label; every channel must share the first one's geometry."""
+def read_case(files: CaseFiles) -> tuple[list[np.ndarray], np.ndarray, Geometry]:
+    """Read a training case's channels (float32) and label; all must share channel 0's grid."""
     images, geometry = [], None
     for path in files.images:
         image, geom = read_image(path, dtype=np.float32)
@@ -69,14 +69,12 @@ def read_case(files: CaseFiles, label: bool = True) -> tuple[list[np.ndarray], n
         elif (problem := geometry.mismatch(geom)) is not None:
             raise fail(path, f"{problem} of channel 0 ({files.images[0].name})", "resample or re-export this channel")
         images.append(image)
-    seg = None
-    if label:
-        if files.label is None:
-            raise fail(files.images[0], "training case has no label file", f"add labelsTr/{files.case_id}.nii.gz")
-        seg, geom = read_image(files.label)
-        if (problem := geometry.mismatch(geom)) is not None:  # type: ignore[union-attr]
-            raise fail(files.label, f"{problem} of the images", "the label must share the images' grid")
-    return images, seg, geometry
+    if files.label is None:
+        raise fail(files.images[0], "training case has no label file", f"add labelsTr/{files.case_id}.nii.gz")
+    seg, geom = read_image(files.label)
+    if (problem := geometry.mismatch(geom)) is not None:  # type: ignore[union-attr]
+        raise fail(files.label, f"{problem} of the images", "the label must share the images' grid")
+    return images, seg, geometry  # type: ignore[return-value]
 
 
 def process_one(files: CaseFiles, config: ConfigurationPlan, info: DatasetInfo, out_dir: Path, key: str) -> str:
@@ -86,11 +84,11 @@ def process_one(files: CaseFiles, config: ConfigurationPlan, info: DatasetInfo, 
         return files.case_id
     images, label, geometry = read_case(files)
     try:
-        data, seg, props = preprocess_case(images, geometry, config, info, label)  # type: ignore[arg-type]
+        data, seg, props = preprocess_case(images, geometry, config, info, label)
     except AutosegError as e:
         raise AutosegError(f"{files.images[0].parent / files.case_id}: {e}") from None
     del images, label
-    fg = foreground_locations(seg, info, files.case_id) if seg is not None else {}
+    fg = foreground_locations(seg, info, files.case_id)  # type: ignore[arg-type]
     save_case(out_dir, files.case_id, data, seg, props, fg, key, content)
     return files.case_id
 
