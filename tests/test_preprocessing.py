@@ -299,3 +299,15 @@ def test_real_lps_labelled_case_roundtrip(brats_dir: Path) -> None:
     assert set(np.unique(seg)) == {0, 1, 2, 4}
     fg = foreground_locations(seg, INFO, folder.name)
     assert all(0 < len(v) <= 10_000 for v in fg.values())
+
+
+def test_real_2023_float_case_keeps_label_3(brats_dir: Path) -> None:
+    folder = brats_dir / "labelled-2023" / "BraTS-GLI-pr138-000"
+    images, geom = _brats_images(folder, ("t1n", "t1c", "t2w", "t2f"), "-")
+    label, _ = read_image(folder / f"{folder.name}-seg.nii.gz")
+    info = DatasetInfo(brats.CHANNEL_NAMES, brats.labels_for("brats2023"), ".nii.gz", 1,
+                       brats.regions_class_order_for("brats2023"))
+    data, seg, props = preprocess_case(images, geom, config([1.0, 1.0, 1.0]), info, label)
+    assert set(np.unique(seg)) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(restore_label(seg, props), label)
+    assert len(foreground_locations(seg, info, folder.name)["enhancing tumour"]) > 0
