@@ -18,16 +18,15 @@ from __future__ import annotations
 import gzip
 import shutil
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-
-from tqdm import tqdm
 
 from autoseg import brats
 from autoseg.brats import BratsCase
 from autoseg.dataset import check_case_id
 from autoseg.errors import AutosegError, ProblemList, fail
 from autoseg.io import atomic_path, read_json, write_json_atomic
+from autoseg.parallel import thread_map
 from autoseg.paths import DatasetPaths, dataset_folder_name
 
 _FIX_CONVENTION = ("convert each convention into its own dataset (another -d), or relabel one set so that "
@@ -177,10 +176,7 @@ def convert_brats(src: Path, root: Path, dataset_id: int, name: str, workers: in
         problems.add(paths.dataset_json, f"the dataset already holds {existing} labels, the new cases are {convention}",
                      _FIX_CONVENTION)
     problems.raise_if_any(f"cannot convert {src}")
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        jobs = pool.map(convert_case, cases, [paths.raw] * len(cases))
-        for _ in tqdm(jobs, total=len(cases), desc="convert", unit="case"):
-            pass
+    thread_map(partial(convert_case, raw=paths.raw), cases, workers, "convert")
     num_training = sum(1 for p in (paths.raw / "labelsTr").glob("*.nii.gz")) if (paths.raw / "labelsTr").is_dir() else 0
     write_json_atomic(paths.dataset_json, brats.dataset_json_for(convention, num_training, name))
     return paths

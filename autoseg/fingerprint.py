@@ -18,18 +18,18 @@ Percentiles (and the median) use the inverted-CDF definition (an actual sample v
 from __future__ import annotations
 
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from autoseg.dataset import CaseFiles, DatasetInfo, load_dataset
 from autoseg.errors import fail
 from autoseg.io import read_header, read_image, read_json, write_json_atomic
 from autoseg.orientation import orientation_code, reorientation_for
+from autoseg.parallel import thread_map
 
 FINGERPRINT_VERSION = 1
 
@@ -227,11 +227,9 @@ def compute_fingerprint(raw_dir: Path, max_cases: int = 32, voxels_per_case: int
                    "use positive numbers")
     info, cases = load_dataset(raw_dir)
     sampled = choose_cases(list(cases), max_cases, seed)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        headers = list(pool.map(header_fingerprint, cases.values()))
-        jobs = pool.map(sample_case, [cases[c] for c in sampled], [info] * len(sampled),
-                        [voxels_per_case] * len(sampled), [seed] * len(sampled))
-        samples = dict(zip(sampled, tqdm(jobs, total=len(sampled), desc="fingerprint", unit="case")))
+    headers = thread_map(header_fingerprint, cases.values(), workers, "headers")
+    measure = partial(sample_case, info=info, voxels_per_case=voxels_per_case, seed=seed)
+    samples = dict(zip(sampled, thread_map(measure, [cases[c] for c in sampled], workers, "fingerprint")))
     pooled = np.concatenate([s.intensities for s in samples.values()], axis=1)
     weights = np.concatenate([np.full(s.intensities.shape[1], s.weight) for s in samples.values()])
     if pooled.shape[1] == 0:

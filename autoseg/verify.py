@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from tqdm import tqdm
 
 from autoseg.dataset import CaseFiles, DatasetInfo, check_case_id
 from autoseg.errors import AutosegError, ProblemList, fail
 from autoseg.io import Geometry, read_header, read_image
+from autoseg.parallel import thread_map
 
 # image formats SimpleITK reads that a dataset might mix up with its declared ``file_ending``
 _IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -187,8 +187,6 @@ def verify_dataset(raw_dir: Path, workers: int = 2) -> None:
     info = DatasetInfo.load(raw_dir / "dataset.json")  # its own one-line error: nothing else can be checked
     problems = ProblemList()
     cases = _training_cases(raw_dir, info, problems)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = pool.map(check_case, cases, [info] * len(cases))
-        for found in tqdm(results, total=len(cases), desc="verify", unit="case"):
-            problems.items.extend(found)
+    for found in thread_map(partial(check_case, info=info), cases, workers, "verify"):
+        problems.items.extend(found)
     problems.raise_if_any(f"dataset check of {raw_dir}")
