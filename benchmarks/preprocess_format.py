@@ -3,7 +3,8 @@
 Part 1 (speed): preprocess the real labelled BraTS cases (symlinked into a temporary raw dataset,
 nothing copied) with ``preprocess_dataset`` in a child process; report seconds per case and the
 peak resident memory of the whole process tree (parent + workers, sampled from /proc every 20 ms)
-and of its largest process (as GNU time reports it).
+and of its largest process (as GNU time reports it). CPU seconds per case (user + system of the whole
+tree, start-up included) are less sensitive than wall time to other jobs on a shared machine.
 
 Part 2 (format): store one preprocessed case as uncompressed .npy, compressed and uncompressed
 .npz, and Blosc2 (nnU-Net's format; only when blosc2 happens to be installed, it is not a
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -87,6 +89,7 @@ def run_preprocessing(home: Path, workers: int) -> dict:
             "t = time.perf_counter(); done = preprocess_dataset(p, '3d_fullres', workers=int(sys.argv[2])); "
             "print(json.dumps({'cases': len(done), 'seconds': time.perf_counter() - t}))")
     t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen([sys.executable, "-c", code, str(home), str(workers)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     peak_sum = peak_max = 0
@@ -106,9 +109,12 @@ def run_preprocessing(home: Path, workers: int) -> dict:
     sampler.join()
     if proc.returncode:
         raise SystemExit(f"preprocessing failed (exit {proc.returncode})")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     res = json.loads(out.strip().splitlines()[-1])
+    n = max(res["cases"], 1)
     return {"workers": workers, "cases": res["cases"], "call_s": round(res["seconds"], 2),
-            "per_case_s": round(res["seconds"] / max(res["cases"], 1), 2),
+            "per_case_s": round(res["seconds"] / n, 2), "cpu_per_case_s": round(cpu / n, 2),
             "wall_with_startup_s": round(time.perf_counter() - t0, 2),
             "peak_rss_tree_gb": round(peak_sum / 2**30, 3), "peak_rss_largest_gb": round(peak_max / 2**30, 3)}
 
