@@ -1,7 +1,7 @@
 """Dataset integrity check: every problem of a raw dataset, found in one pass and reported together.
 
 Two levels: file names (``dataset.json``, channels present, duplicate or unsafe case ids, labels without
-images, ``numTraining``), then the content of each complete training case (readable, 3D, same geometry
+images, ``numTraining``; also for the optional ``imagesTs``), then the content of each complete training case (readable, 3D, same geometry
 across channels and label, finite, not all zero, label values declared, label not empty). Cases are
 read one file at a time, ``workers`` cases in parallel, so memory stays bounded by the largest volume.
 
@@ -116,6 +116,23 @@ def _training_cases(raw_dir: Path, info: DatasetInfo, problems: ProblemList) -> 
     return cases
 
 
+def _check_test_names(img_dir: Path, info: DatasetInfo, problems: ProblemList) -> None:
+    """imagesTs (optional, unlabelled): file names, channels complete, case ids safe and distinct."""
+    if not img_dir.is_dir():
+        return
+    channels = _channels_by_case(img_dir, info, problems)
+    _check_case_collisions(img_dir, set(channels), problems)
+    for cid, found in sorted(channels.items()):
+        try:
+            check_case_id(cid, img_dir)
+        except AutosegError as e:
+            problems.items.append(str(e))
+            continue
+        for c in sorted(set(range(info.num_channels)) - found):
+            problems.add(img_dir / f"{cid}_{c:04d}{info.file_ending}", f"channel {c} ({info.channel_names[str(c)]}) "
+                         "missing", "add it, or remove the case")
+
+
 def _check_image(path: Path, array: np.ndarray, problems: ProblemList) -> None:
     if array.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(array)))
@@ -187,6 +204,7 @@ def verify_dataset(raw_dir: Path, workers: int = 2) -> None:
     info = DatasetInfo.load(raw_dir / "dataset.json")  # its own one-line error: nothing else can be checked
     problems = ProblemList()
     cases = _training_cases(raw_dir, info, problems)
+    _check_test_names(raw_dir / "imagesTs", info, problems)
     for found in thread_map(partial(check_case, info=info), cases, workers, "verify"):
         problems.items.extend(found)
     problems.raise_if_any(f"dataset check of {raw_dir}")

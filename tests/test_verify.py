@@ -111,6 +111,16 @@ def test_every_problem_is_listed_with_its_file(raw: Path) -> None:
     assert len(lines) - 1 == len(expected) + 2
 
 
+def test_test_images_are_checked_by_name(tmp_path: Path) -> None:
+    raw = write_raw_dataset(tmp_path / "Dataset002_Ts", n_train=1, n_test=2, shape=SHAPE)
+    verify_dataset(raw)
+    missing = raw / "imagesTs" / "case_002_0003.nii.gz"
+    missing.unlink()
+    with pytest.raises(AutosegError, match="1 problem") as e:
+        verify_dataset(raw)
+    assert f"{missing}: channel 3 (FLAIR) missing" in str(e.value)
+
+
 def test_4d_image_and_non_integer_label(raw: Path) -> None:
     sitk.WriteImage(sitk.Image([24, 20, 16, 2], sitk.sitkFloat32), str(_img(raw, 0, 0)))
     _rewrite(_lab(raw, 1), lambda a, g: (a.astype(np.float32) + 0.5, g))
