@@ -126,6 +126,18 @@ def test_ct_normalisation_clips_then_uses_plan_statistics() -> None:
     np.testing.assert_allclose(data[0], expected[tuple(slice(lo, hi) for lo, hi in bbox_of(img != 0))], rtol=1e-5)
 
 
+def test_annotation_outside_the_nonzero_box_is_kept() -> None:
+    images, label, geom = oblique_case(seed=5)
+    label = label.copy()
+    label[0, 0, 0] = 2                             # a corner voxel where every channel is 0
+    assert all(im[0, 0, 0] == 0 for im in images)
+    reo = reorientation_for(geom)
+    _, seg, props = preprocess_case(images, geom, config(list(reo.spacing_zyx(geom))), INFO, label)
+    np.testing.assert_array_equal(restore_label(seg, props), label)
+    _, _, unlabelled = preprocess_case(images, geom, config(list(reo.spacing_zyx(geom))), INFO)
+    assert np.prod(unlabelled.shape_after_crop) < np.prod(props.shape_after_crop)
+
+
 def test_bad_inputs_are_one_line_errors() -> None:
     images, label, geom = oblique_case()
     with pytest.raises(AutosegError, match="channel"):

@@ -49,7 +49,9 @@ def preprocess_case(images: list[np.ndarray], geometry: Geometry, config: Config
     reo = reorientation_for(geometry)
     canonical = [reo.to_canonical(im) for im in images]          # views, no copies
     spacing = reo.spacing_zyx(geometry)
-    bbox = nonzero_bbox(canonical)
+    label_c = reo.to_canonical(label) if label is not None else None
+    # the label joins the box so that no annotation is ever cropped away (it lies inside for BraTS)
+    bbox = nonzero_bbox(canonical if label_c is None else [*canonical, label_c])
     box = tuple(slice(lo, hi) for lo, hi in bbox)
     data = np.empty((len(canonical), *(hi - lo for lo, hi in bbox)), dtype=np.float32)
     for c, channel in enumerate(canonical):
@@ -69,7 +71,7 @@ def preprocess_case(images: list[np.ndarray], geometry: Geometry, config: Config
 
     seg = None
     if label is not None:
-        seg = _to_int8(crop(reo.to_canonical(label), bbox))
+        seg = _to_int8(crop(label_c, bbox))
         seg = resample_label(seg, new_shape, axis)
 
     props = CaseProperties(geometry=geometry, perm=reo.perm, flips=reo.flips, shape_canonical=reo.shape_zyx(geometry),

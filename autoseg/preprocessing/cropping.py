@@ -13,7 +13,7 @@ BBox = tuple[tuple[int, int], ...]
 
 
 def nonzero_bbox(images: list[np.ndarray] | np.ndarray) -> BBox:
-    """Half-open box ``((z0, z1), (y0, y1), (x0, x1))`` around voxels nonzero in any channel.
+    """Half-open box ``((z0, z1), (y0, y1), (x0, x1))`` around voxels nonzero in any array given.
 
     An all-zero image keeps its full extent (nothing to crop, nothing lost).
     """
