@@ -1,14 +1,44 @@
-"""autoseg-plan (not built yet)."""
+"""autoseg-plan: verify and fingerprint a raw dataset, then plan it for a GPU memory budget."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
-from autoseg.errors import AutosegError, run_cli
+from autoseg.cli._common import add_dataset, dataset_paths, parser
+from autoseg.errors import run_cli
+from autoseg.planning.planner import ARCHS
+from autoseg.planning.stage import run_planning, summary_table
+from autoseg.verify import verify_dataset
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    raise AutosegError("autoseg-plan is not built yet in this version; see the open issues")
+    p = parser("autoseg-plan", "Check the raw dataset, measure its fingerprint and write plans.json: spacing, "
+               "patch, batch and network per configuration, sized to the GPU memory.")
+    add_dataset(p)
+    p.add_argument("--vram", type=float, default=None, metavar="GB",
+                   help="GPU memory to plan for (default: the CUDA device's, else 8); small values (0.5) make CPU-sized plans")
+    p.add_argument("--explain", action="store_true", help="print every planning decision in words")
+    p.add_argument("--verify", action="store_true", help="only check the raw dataset and exit")
+    p.add_argument("--arch", choices=ARCHS, default=None, help="override the architecture the VRAM preset picks")
+    p.add_argument("--base-features", type=int, default=32, help="features of the first stage (doubled per stage)")
+    p.add_argument("--max-features", type=int, default=320, help="cap on the features per stage (3d; 2d gets 1.6x)")
+    p.add_argument("-np", "--workers", type=int, default=2, help="worker threads for checking and fingerprinting")
+    args = p.parse_args(argv)
+    paths = dataset_paths(args)
+    if args.verify:
+        verify_dataset(paths.raw, workers=args.workers)
+        print(f"{paths.raw}: dataset OK")
+        return 0
+    plans = run_planning(paths, vram_gb=args.vram, arch=args.arch, base_features=args.base_features,
+                         max_features=args.max_features, workers=args.workers)
+    print(f"{paths.name}: planned for {plans.vram_gb:g} GB ({plans.vram_source})")
+    print(summary_table(plans))
+    if args.explain:
+        print()
+        print("\n".join(f"- {s}" for s in plans.explanation))
+    print(f"wrote {paths.plans_json}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:

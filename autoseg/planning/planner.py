@@ -238,16 +238,21 @@ def _lowres_spacing(spacing: list[float]) -> list[float]:
     return [s * 1.03 for s in spacing]
 
 
-def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vram_source: str,
-                 arch: str | None = None, base_features: int = 32, max_features: int = 320) -> Plans:
-    """Plan 2d, 3d_fullres and (when needed) 3d_lowres for a dataset on a GPU with ``vram_gb`` GiB."""
-    if vram_gb <= 0:
+def check_request(vram_gb: float | None, arch: str | None, base_features: int, max_features: int) -> None:
+    """Refuse impossible planning options before any work is done."""
+    if vram_gb is not None and vram_gb <= 0:
         raise fail(None, f"--vram {vram_gb} must be positive", "give the GPU memory in GB, e.g. --vram 8")
     if arch is not None and arch not in ARCHS:
         raise fail(None, f"unknown architecture {arch!r}", f"use one of {', '.join(ARCHS)}")
     if base_features < 1 or max_features < base_features:
         raise fail(None, f"features {base_features}..{max_features} are not increasing positive numbers",
                    "use e.g. --base-features 32 --max-features 320")
+
+
+def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vram_source: str,
+                 arch: str | None = None, base_features: int = 32, max_features: int = 320) -> Plans:
+    """Plan 2d, 3d_fullres and (when needed) 3d_lowres for a dataset on a GPU with ``vram_gb`` GiB."""
+    check_request(vram_gb, arch, base_features, max_features)
     if len(fingerprint.intensity) != info.num_channels or len(fingerprint.channel_names) != info.num_channels:
         raise fail(None, f"fingerprint has {len(fingerprint.intensity)} channel(s), dataset.json {info.num_channels}",
                    "delete fingerprint.json and rerun autoseg-plan")

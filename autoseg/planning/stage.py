@@ -1,0 +1,85 @@
+"""The plan stage as a Python API: verify, fingerprint (reused while the raw data is unchanged), plan, save.
+
+``autoseg-plan`` only parses arguments and calls :func:`run_planning`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+from autoseg.dataset import DatasetInfo
+from autoseg.errors import AutosegError
+from autoseg.fingerprint import Fingerprint, compute_fingerprint
+from autoseg.paths import DatasetPaths
+from autoseg.planning.planner import DEFAULT_VRAM_GB, check_request, detect_vram, plan_dataset
+from autoseg.planning.plans import Plans
+from autoseg.verify import verify_dataset
+
+SIGNATURE_KEY = "raw_signature"
+
+
+def raw_signature(raw_dir: Path) -> str:
+    """Hash of the names, sizes and modification times of dataset.json and the training files."""
+    h = hashlib.sha256()
+    files = [raw_dir / "dataset.json", *sorted((raw_dir / "imagesTr").glob("*")), *sorted((raw_dir / "labelsTr").glob("*"))]
+    for f in files:
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(raw_dir)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def fingerprint_for(paths: DatasetPaths, workers: int = 2) -> tuple[Fingerprint, bool]:
+    """The dataset's fingerprint and whether it was reused: ``fingerprint.json`` is recomputed only when
+    it is missing, unreadable or was made from a raw dataset that has changed since."""
+    signature = raw_signature(paths.raw)
+    if paths.fingerprint_json.is_file():
+        try:
+            old = Fingerprint.load(paths.fingerprint_json)
+            if old.extra.get(SIGNATURE_KEY) == signature:
+                return old, True
+        except AutosegError:
+            pass   # stale or from another version: compute it again
+    fp = compute_fingerprint(paths.raw, workers=workers)
+    fp = replace(fp, extra={**fp.extra, SIGNATURE_KEY: signature})
+    fp.save(paths.fingerprint_json)
+    return fp, False
+
+
+def resolve_vram(vram_gb: float | None) -> tuple[float, str]:
+    """The VRAM to plan for and where it came from: ``--vram``, the CUDA device, or nnU-Net's 8 GB default."""
+    if vram_gb is not None:
+        return float(vram_gb), "given with --vram"
+    detected, source = detect_vram()
+    if detected is not None:
+        return detected, source
+    return DEFAULT_VRAM_GB, f"{source}: nnU-Net's default 8 GB target, give --vram to change it"
+
+
+def run_planning(paths: DatasetPaths, vram_gb: float | None = None, arch: str | None = None, base_features: int = 32,
+                 max_features: int = 320, workers: int = 2) -> Plans:
+    """Verify the raw dataset, fingerprint it, plan for the VRAM and write ``plans.json`` (atomically)."""
+    check_request(vram_gb, arch, base_features, max_features)
+    verify_dataset(paths.raw, workers=workers)
+    info = DatasetInfo.load(paths.dataset_json)
+    fp, reused = fingerprint_for(paths, workers)
+    vram, source = resolve_vram(vram_gb)
+    plans = plan_dataset(fp, info, vram, source, arch=arch, base_features=base_features, max_features=max_features)
+    note = ("Fingerprint reused: the raw dataset has not changed since fingerprint.json was written." if reused
+            else f"Fingerprint computed from {len(fp.sampled_cases)} sampled of {fp.num_training} case(s).")
+    plans = replace(plans, explanation=[note, *plans.explanation])
+    plans.save(paths.plans_json)
+    return plans
+
+
+def summary_table(plans: Plans) -> str:
+    """One line per configuration: spacing, patch, batch, stages, features, memory estimate."""
+    rows = [("config", "spacing (mm)", "patch", "batch", "stages", "features", "arch", "memory (GiB)")]
+    for name, c in plans.configurations.items():
+        rows.append((name, " x ".join(f"{s:g}" for s in c.spacing), " x ".join(map(str, c.patch_size)),
+                     str(c.batch_size), str(c.network.n_stages), f"{c.network.features[0]}..{c.network.features[-1]}",
+                     c.network.arch, f"{c.memory_estimate_gb:.2f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
