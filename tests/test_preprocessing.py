@@ -176,6 +176,9 @@ def test_preprocess_dataset_writes_loads_reruns_and_redoes_half_written(syntheti
     np.testing.assert_array_equal(restore_label(np.asarray(case.seg), case.props), raw)
 
     assert preprocess_dataset(paths, "3d_fullres", workers=1) == []          # rerun skips
+    with pytest.raises(AutosegError, match="case_999.json: case is not preprocessed.*run autoseg-preprocess"):
+        load_case(out, "case_999")
+    assert list_preprocessed_cases(paths.config_dir("3d_lowres")) == []
     case_files(out, "case_004")["props"].unlink()                              # killed before its marker
     (out / ".case_004_data.abc123xy.tmp.npy").write_bytes(b"partial")
     assert list_preprocessed_cases(out) == [f"case_{i:03d}" for i in (0, 1, 2, 3, 5)]
