@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,20 +170,52 @@ def read_header(path: str | os.PathLike) -> Geometry:
     return geom
 
 
-def read_image(path: str | os.PathLike, dtype: type | None = None) -> tuple[np.ndarray, Geometry]:
-    """Read a 3D image as a (z, y, x) array plus its geometry; bad files become one-line errors."""
+def read_image(path: str | os.PathLike, dtype: type | None = None, allow_nonfinite: bool = False
+               ) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D image as a (z, y, x) array plus its geometry; bad files become one-line errors.
+
+    NIfTI voxels are read with nibabel, not SimpleITK: SimpleITK 2.5 silently turns NaN/inf into 0
+    and zero-fills a truncated .nii.gz, while nibabel reports both. The geometry comes from
+    SimpleITK's header reader so that it matches what :func:`write_image` writes back.
+    Non-finite voxels are an error unless ``allow_nonfinite``.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise fail(path, "file not found", "check the dataset layout (see docs/formats.md)")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise fail(path, f"cannot read image ({_short_itk(e)})", "the file is truncated or corrupt; re-export or re-download it") from None
-    _check_3d(path, image.GetSize(), image.GetNumberOfComponentsPerPixel())
-    array = sitk.GetArrayFromImage(image)
+    geometry = read_header(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        array = _read_nifti_voxels(path, geometry)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as e:
+            raise fail(path, f"cannot read image ({_short_itk(e)})",
+                       "the file is truncated or corrupt; re-export or re-download it") from None
+        _check_3d(path, image.GetSize(), image.GetNumberOfComponentsPerPixel())
+        array = sitk.GetArrayFromImage(image)
+    if not allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise fail(path, f"contains {bad} NaN/inf voxel(s)", "replace them (e.g. with 0) and re-export the image")
     if dtype is not None:
         array = array.astype(dtype, copy=False)
-    return array, Geometry.of(image)
+    return array, geometry
+
+
+def _read_nifti_voxels(path: Path, geometry: Geometry) -> np.ndarray:
+    import nibabel as nib  # local: only NIfTI needs it
+
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as e:
+        raise fail(path, f"cannot read image ({str(e).splitlines()[0][:120] or type(e).__name__})",
+                   "the file is truncated or corrupt; re-export or re-download it") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3 or tuple(data.shape) != geometry.size:
+        raise fail(path, f"voxel array of shape {data.shape} does not match its header {geometry.size}",
+                   "re-export the image as a single 3D volume")
+    if data.dtype.kind == "f" and data.dtype != np.float32 and np.can_cast(data.dtype, np.float32, "same_kind"):
+        data = data.astype(np.float32)
+    return np.ascontiguousarray(data.transpose(2, 1, 0))
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, compress: bool = True) -> None:

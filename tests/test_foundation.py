@@ -88,3 +88,20 @@ def test_stub_or_real_cli_never_prints_traceback(tmp_path: Path) -> None:
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_read_image_refuses_nan_and_truncated_gzip(tmp_path: Path) -> None:
+    """SimpleITK 2.5 reads NaN as 0 and zero-fills truncated .nii.gz; read_image must not."""
+    geom = Geometry((8, 6, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    arr = np.random.default_rng(0).random((4, 6, 8)).astype(np.float32)
+    arr[1, 2, 3] = np.nan
+    write_image(tmp_path / "nan.nii.gz", arr, geom)
+    with pytest.raises(AutosegError, match=r"nan.nii.gz: contains 1 NaN/inf voxel"):
+        read_image(tmp_path / "nan.nii.gz")
+    assert np.isnan(read_image(tmp_path / "nan.nii.gz", allow_nonfinite=True)[0][1, 2, 3])
+    arr[1, 2, 3] = 0
+    write_image(tmp_path / "ok.nii.gz", arr, geom)
+    raw = (tmp_path / "ok.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) * 2 // 3])
+    with pytest.raises(AutosegError, match="cut.nii.gz: cannot read image.*truncated or corrupt"):
+        read_image(tmp_path / "cut.nii.gz")
