@@ -1,0 +1,185 @@
+"""Batches for training and validation, made in worker processes with bounded prefetch.
+
+Every sample is a pure function of ``(seed, stream, epoch, iteration, sample index)``: the case, the
+patch position and the augmentation are drawn from a generator seeded with that key. So
+
+* the loader has no state to save: resuming at epoch ``e`` regenerates exactly the same batches;
+* results do not depend on the number of workers (batches are reordered by sequence number);
+* under DistributedDataParallel rank ``r`` makes its share of the *global* batch's sample indices,
+  so N ranks see exactly the halves (thirds, ...) of the single-process batch.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import sys
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from autoseg.data.augmentation import AugmentationParams, augment, no_augmentation, training_transforms
+from autoseg.data.sampling import is_forced_foreground, sample_patch
+from autoseg.dataset import DatasetInfo
+
+
+class BatchKey(NamedTuple):
+    """Identifies one batch: which maker (``train``/``val``), epoch and iteration."""
+
+    stream: str
+    epoch: int
+    iteration: int
+
+
+@dataclass
+class Batch:
+    """``data`` (b, C, *patch) float32; ``target`` (b, R, *patch) region masks or (b, 1, *patch) class indices, uint8."""
+
+    data: np.ndarray
+    target: np.ndarray
+
+
+_STREAM_IDS = {"train": 0, "val": 1}
+
+
+@dataclass
+class BatchMaker:
+    """Makes the batches of one stream from a list of cases. Picklable: sent to worker processes.
+
+    ``load_case(case_id)`` returns an object with ``data`` (C, z, y, x), ``seg`` (z, y, x) and
+    ``fg_locations``; loaded cases (memory-mapped) are cached per process.
+    """
+
+    load_case: Callable[[str], Any]
+    case_ids: list[str]
+    info: DatasetInfo
+    initial_patch_size: tuple[int, ...]
+    aug: AugmentationParams
+    batch_size: int                 # the global batch size (all ranks together)
+    sample_indices: tuple[int, ...]  # this rank's share of 0..batch_size-1
+    oversample: float
+    augment: bool
+    seed: int
+
+    def __post_init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+        self._pipeline = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_pipeline")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
+    def _case(self, case_id: str) -> Any:
+        if case_id not in self._cache:
+            self._cache[case_id] = self.load_case(case_id)
+        return self._cache[case_id]
+
+    def sample(self, key: BatchKey, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``index`` of the global batch ``key``: data (C, *patch), target (R or 1, *patch)."""
+        rng = np.random.default_rng([self.seed, _STREAM_IDS[key.stream], key.epoch, key.iteration, index])
+        case = self._case(self.case_ids[int(rng.integers(len(self.case_ids)))])
+        forced = is_forced_foreground(index, self.batch_size, self.oversample)
+        data, seg = sample_patch(case.data, case.seg, case.fg_locations, self.initial_patch_size, forced, rng)
+        if self.aug.masked_channels:  # outside the nonzero (brain) mask -> -1, zeroed again after augmentation
+            seg[(seg == 0) & (data == 0).all(0, keepdims=True)] = -1
+        if self._pipeline is None:
+            self._pipeline = training_transforms(self.aug) if self.augment else no_augmentation(self.aug)
+        data, seg = augment(self._pipeline, data, seg, int(rng.integers(2**31)))
+        target = self.info.targets_from_label(seg[0])
+        return data, (target if self.info.region_based else target[None])
+
+    def batch(self, key: BatchKey) -> Batch:
+        samples = [self.sample(key, j) for j in self.sample_indices]
+        return Batch(np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples]))
+
+
+def _worker(makers: dict[str, BatchMaker], tasks: mp.Queue, results: mp.Queue) -> None:
+    while (task := tasks.get()) is not None:
+        seq, key = task
+        try:
+            results.put((seq, makers[key.stream].batch(key), None))
+        except Exception:  # noqa: BLE001 - reported to the parent, which raises
+            results.put((seq, None, traceback.format_exc()))
+
+
+class BatchStream:
+    """Yields batches for a sequence of keys, in order, from ``workers`` processes (0 = inline).
+
+    At most ``prefetch`` batches are in flight, so memory stays bounded. Use as a context manager.
+    """
+
+    def __init__(self, makers: dict[str, BatchMaker], workers: int, prefetch: int | None = None) -> None:
+        self.makers = makers
+        self.workers = max(0, workers)
+        self.prefetch = prefetch or max(2, 2 * self.workers)
+        self._procs: list[mp.Process] = []
+        if self.workers:
+            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+            self._tasks, self._results = ctx.Queue(), ctx.Queue()
+            self._procs = [ctx.Process(target=_worker, args=(makers, self._tasks, self._results), daemon=True)
+                           for _ in range(self.workers)]
+            for p in self._procs:
+                p.start()
+        self._seq = 0
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def batches(self, keys: Iterable[BatchKey]) -> Iterator[Batch]:
+        if not self.workers:
+            for key in keys:
+                yield self.makers[key.stream].batch(key)
+            return
+        keys = iter(keys)
+        pending: deque[int] = deque()
+        done: dict[int, Batch] = {}
+
+        def submit() -> bool:
+            key = next(keys, None)
+            if key is None:
+                return False
+            self._tasks.put((self._seq, key))
+            pending.append(self._seq)
+            self._seq += 1
+            return True
+
+        while len(pending) < self.prefetch and submit():
+            pass
+        while pending:
+            want = pending.popleft()
+            while want not in done:
+                seq, batch, error = self._get()
+                if error:
+                    raise RuntimeError(f"data loading worker failed:\n{error}")
+                done[seq] = batch
+            submit()
+            yield done.pop(want)
+
+    def _get(self) -> tuple[int, Batch | None, str | None]:
+        while True:
+            try:
+                return self._results.get(timeout=5)
+            except queue.Empty:
+                dead = [p for p in self._procs if not p.is_alive()]
+                if dead:
+                    raise RuntimeError(f"a data loading worker died (exit code {dead[0].exitcode}); "
+                                       "likely out of memory: use fewer --workers") from None
+
+    def close(self) -> None:
+        for _ in self._procs:
+            self._tasks.put(None)
+        for p in self._procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+        self._procs = []

@@ -1,0 +1,76 @@
+"""Patch sampling: where each patch of a batch is cut from a preprocessed case.
+
+nnU-Net's rule: in a batch of ``bs``, sample ``j`` is forced to contain foreground iff
+``j >= round(bs * (1 - oversample))`` (bs 2, 0.33 -> one random and one foreground patch). A forced
+patch is centred on a stored foreground voxel of a region drawn at random among those present in
+the case, so small regions such as enhancing tumour are seen as often as large ones. Patches are cut
+at the enlarged *initial* size (room for rotation and scaling) and padded where they leave the
+volume: data with 0, segmentation with -1 (= outside, set to background after augmentation).
+A 2d configuration cuts a slice along axis 0, then a 2d patch in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def is_forced_foreground(index: int, batch_size: int, oversample: float) -> bool:
+    """Whether sample ``index`` of a (global) batch must be centred on foreground."""
+    return not index < round(batch_size * (1 - oversample))
+
+
+def pick_foreground_voxel(fg_locations: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarray | None:
+    """A stored voxel (z, y, x) of a randomly chosen region present in the case, or None if there is none."""
+    present = [name for name in sorted(fg_locations) if len(fg_locations[name]) > 0]
+    if not present:
+        return None
+    locs = np.asarray(fg_locations[present[int(rng.integers(len(present)))]])
+    return locs[int(rng.integers(len(locs)))]
+
+
+def patch_lower_corner(shape: Sequence[int], patch: Sequence[int], rng: np.random.Generator,
+                       centre: Sequence[int] | None = None) -> np.ndarray:
+    """Lower corner of a patch: centred on ``centre`` if given, else uniform.
+
+    Where the patch is larger than the volume the corner is negative (the patch covers the whole
+    axis, at a random offset); corners may lie outside the volume, the crop pads.
+    """
+    shape, patch = np.asarray(shape), np.asarray(patch)
+    if centre is not None:
+        return np.asarray(centre) - patch // 2
+    lo = np.minimum(0, shape - patch)
+    hi = np.maximum(0, shape - patch)
+    return np.array([int(rng.integers(a, b + 1)) for a, b in zip(lo, hi)])
+
+
+def crop_padded(array: np.ndarray, lower: Sequence[int], patch: Sequence[int], pad_value: float) -> np.ndarray:
+    """Crop ``array[..., lower:lower+patch]`` over the trailing axes, padding with ``pad_value`` outside."""
+    spatial = array.shape[-len(patch):]
+    lower = np.asarray(lower)
+    upper = lower + np.asarray(patch)
+    src = tuple(slice(max(0, lo), min(s, up)) for lo, up, s in zip(lower, upper, spatial))
+    out = np.full((*array.shape[:-len(patch)], *patch), pad_value, dtype=array.dtype)
+    dst = tuple(slice(s.start - lo, s.stop - lo) for s, lo in zip(src, lower))
+    lead = (slice(None),) * (array.ndim - len(patch))
+    if all(s.stop > s.start for s in src):
+        out[lead + dst] = array[lead + src]
+    return out
+
+
+def sample_patch(data: np.ndarray, seg: np.ndarray, fg_locations: Mapping[str, np.ndarray], patch: Sequence[int],
+                 forced: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Cut one patch: data (C, *patch) float32 and seg (1, *patch) int8 from a case (C, z, y, x) / (z, y, x).
+
+    A 2-axis ``patch`` samples a slice along axis 0 first (the foreground voxel's slice when forced).
+    """
+    voxel = pick_foreground_voxel(fg_locations, rng) if forced else None
+    if len(patch) == 2:
+        z = int(voxel[0]) if voxel is not None else int(rng.integers(seg.shape[0]))
+        data, seg = data[:, z], seg[z]
+        voxel = voxel[1:] if voxel is not None else None
+    lower = patch_lower_corner(seg.shape, patch, rng, voxel)
+    out_data = crop_padded(data, lower, patch, 0.0).astype(np.float32, copy=False)
+    out_seg = crop_padded(seg[None], lower, patch, -1).astype(np.int8, copy=False)
+    return out_data, out_seg
