@@ -9,8 +9,8 @@ from autoseg.paths import DatasetPaths, data_root, resolve_dataset
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """Help texts state their own defaults, so no automatic "(default: ...)" suffix."""
+    return argparse.ArgumentParser(prog=prog, description=description)
 
 
 def add_home(p: argparse.ArgumentParser) -> None:
