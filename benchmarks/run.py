@@ -135,21 +135,30 @@ def run_one(tool: str, stage: Stage, extra: list[str]) -> dict:
     return result
 
 
-def measure(stages: list[Stage], repeats: int, tta_repeats: int, quick: bool) -> list[dict]:
-    results = []
+SLOW = ("train_step", "inference_tta")  # about a minute (train step) or 7 minutes (nnU-Net TTA) per run
+
+
+def measure(stages: list[Stage], repeats: int, slow_repeats: int, quick: bool, after_stage) -> list[dict]:
+    """Run the stages; ``after_stage(results)`` is called after each, so a cut-short run still reports."""
+    results: list[dict] = []
     for stage in stages:
-        n = tta_repeats if stage.name == "inference_tta" else repeats
+        n = slow_repeats if stage.name in SLOW else repeats
         extra = ["--batches", "8", "--warmup", "4"] if quick and stage.name == "dataloader" else []
+        failed: set[str] = set()  # a tool whose stage is missing or broken is not retried
         for r in range(n):
             # alternate which tool goes first, so a slow spell of the shared machine hits both
             for tool in (TOOLS if r % 2 == 0 else TOOLS[::-1]):
+                if tool in failed:
+                    continue
                 res = run_one(tool, stage, extra)
                 results.append(res)
-                shown = res.get("error") or res.get("missing") or f"{res.get(stage.metric):.3g} {stage.unit}"
+                problem = res.get("error") or res.get("missing")
+                if problem:
+                    failed.add(tool)
+                shown = problem or f"{res[stage.metric]:.3g} {stage.unit}"
                 print(f"[{stage.name} {r + 1}/{n}] {tool}: {shown}, peak RSS {res['peak_rss_gb']:.2f} GB",
                       flush=True)
-                if "missing" in res or "error" in res:
-                    break
+        after_stage(results)
     return results
 
 
@@ -171,8 +180,8 @@ def _median(rows: list[dict], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}g}"
+def _fmt(x: float | None, unit: str = "", digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}g}{unit}"
 
 
 def table(stages: list[Stage], results: list[dict]) -> list[str]:
@@ -191,12 +200,16 @@ def table(stages: list[Stage], results: list[dict]) -> list[str]:
         mem_met = "-" if mem is None else ("met" if mem > 1 else "**not met**")
         runs = "/".join(str(sum(1 for r in rows[t] if s.metric in r)) for t in TOOLS)
         note = f" ({problem})" if problem and (a is None or b is None) else ""
-        lines.append(f"| {s.label}{note} | {_fmt(a)} {s.unit} | {_fmt(b)} {s.unit} | {_fmt(speed)}x | "
-                     f">= {s.target:g}x | {met} | {_fmt(ra)} GB | {_fmt(rb)} GB | {_fmt(mem)}x | {mem_met} | {runs} |")
+        lines.append(f"| {s.label}{note} | {_fmt(a, ' ' + s.unit)} | {_fmt(b, ' ' + s.unit)} | {_fmt(speed, 'x')} | "
+                     f">= {s.target:g}x | {met} | {_fmt(ra, ' GB')} | {_fmt(rb, ' GB')} | {_fmt(mem, 'x')} | {mem_met} "
+                     f"| {runs} |")
     return lines
 
 
 def report(stages: list[Stage], results: list[dict], args: argparse.Namespace, started: datetime) -> str:
+    def by(stage: Stage, tool: str) -> list[dict]:
+        return [r for r in results if r["stage"] == stage.name and r["tool"] == tool]
+
     m = machine()
     loads = [r["load_before"] for r in results]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -208,8 +221,8 @@ def report(stages: list[Stage], results: list[dict], args: argparse.Namespace, s
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, CPU only; Python {m['python']}, "
         f"torch {m['torch']} (both tools). Threads: OMP_NUM_THREADS={THREADS}, torch threads {THREADS}, "
         f"nnUNet_n_proc_DA={THREADS}, nnUNet_def_n_proc={THREADS}.",
-        f"1-minute load average before each measurement: median {_fmt(statistics.median(loads), 2)}, "
-        f"max {_fmt(max(loads), 2)} (above {m['cores']} means other work shared the cores)."
+        f"1-minute load average before each measurement: median {_fmt(statistics.median(loads), digits=2)}, "
+        f"max {_fmt(max(loads), digits=2)} (above {m['cores']} means other work shared the cores)."
         + (f" Note: {args.note}" if args.note else ""),
         "",
         "Medians over the runs (autoseg/nnU-Net runs per cell in the last column). Speed-up = nnU-Net time / "
@@ -225,11 +238,16 @@ def report(stages: list[Stage], results: list[dict], args: argparse.Namespace, s
         "| inference s/case, default BraTS plan | not measured: no GPU lent in this session "
         "| not measured: no GPU lent in this session |",
         "",
-        "Peak summed RSS of each measurement's whole process tree (sampled every 0.25 s; counts shared pages once "
-        "per process, so an upper bound): "
-        + "; ".join(f"{s.name} {_fmt(_median([r for r in results if r['stage'] == s.name and r['tool'] == 'autoseg'], 'peak_tree_rss_gb'))}"
-                    f" / {_fmt(_median([r for r in results if r['stage'] == s.name and r['tool'] == 'nnunet'], 'peak_tree_rss_gb'))} GB"
-                    for s in stages) + " (autoseg / nnU-Net).",
+        "Peak summed RSS of each measurement's process tree (sampled every 0.25 s; shared pages count once per "
+        "process, so an upper bound), and what each planner chose for 3d_fullres on this dataset:",
+        "",
+        "| stage | autoseg | nnU-Net v2 |",
+        "|---|---|---|",
+        *(f"| {s.name} | {_fmt(_median(by(s, 'autoseg'), 'peak_tree_rss_gb'), ' GB')} "
+          f"| {_fmt(_median(by(s, 'nnunet'), 'peak_tree_rss_gb'), ' GB')} |" for s in stages),
+        *(f"| plan | {next((r['plan'] for r in by(s, 'autoseg') if 'plan' in r), '-')} "
+          f"| {next((r['plan'] for r in by(s, 'nnunet') if 'plan' in r), '-')} |"
+          for s in stages if s.name == "fingerprint_plan"),
     ]
     return "\n".join(out)
 
@@ -248,7 +266,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--against", choices=["nnunet"], required=True)
     p.add_argument("--repeats", type=int, default=3, help="runs per tool and stage (default 3)")
-    p.add_argument("--tta-repeats", type=int, default=1, help="runs of the TTA inference (nnU-Net: ~7 min each)")
+    p.add_argument("--slow-repeats", type=int, default=1,
+                   help="runs of the slow stages, train_step and inference_tta (nnU-Net: ~2 and ~7 min each)")
     p.add_argument("--stages", default=",".join(s.name for s in STAGES),
                    help="comma-separated subset of: " + ", ".join(s.name for s in STAGES))
     p.add_argument("--quick", action="store_true",
@@ -269,13 +288,17 @@ def main() -> None:
     started = datetime.now(timezone.utc)
     prepare_data()
     ensure_nnunet()
-    results = measure(stages, args.repeats, args.tta_repeats, args.quick)
     out = WORK / f"results-{started:%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps({"argv": sys.argv, "started": started.isoformat(), "results": results}, indent=1))
-    text = report(stages, results, args, started)
-    print(text)
+
+    def save(results: list[dict]) -> None:
+        out.write_text(json.dumps({"argv": sys.argv, "started": started.isoformat(), "results": results}, indent=1))
+        done = [s for s in stages if any(r["stage"] == s.name for r in results)]
+        if not args.no_doc:
+            write_doc(report(done, results, args, started))
+
+    results = measure(stages, args.repeats, args.slow_repeats, args.quick, save)
+    print(report(stages, results, args, started))
     if not args.no_doc:
-        write_doc(text)
         print(f"\nwrote {DOC.relative_to(REPO)}; raw results {out.relative_to(REPO)}")
 
 

@@ -46,7 +46,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc)
     p.add_argument("stage")
     p.add_argument("--work", type=Path, required=True, help="benchmarks/work")
-    p.add_argument("--batches", type=int, default=20, help="dataloader: batches timed after warm-up")
+    p.add_argument("--batches", type=int, default=12, help="dataloader: batches timed after warm-up")
     p.add_argument("--warmup", type=int, default=8, help="dataloader: batches drawn before timing (drains caches)")
     p.add_argument("--iters", type=int, default=1, help="train_step: timed steps after one warm-up step")
     p.add_argument("--case", default=None, help="inference: case id (default: the first training case)")

@@ -145,36 +145,34 @@ def train_step(iters: int) -> dict:
 
 
 def inference(work: Path, case: str | None, tta: bool) -> dict:
-    """One full-size raw case: read, preprocess, sliding window (step 0.5, Gaussian), labels, write NIfTI.
-    Weights are random: speed does not depend on them."""
-    import numpy as np
+    """autoseg.inference.predict_folder on one full-size raw case: read, preprocess, sliding window
+    (step 0.5, Gaussian), regions to labels, write NIfTI. Random weights: speed does not depend on them.
+    Precision is the product default (``auto``: bf16 autocast on a CPU with native bf16, else fp32)."""
     import torch
 
-    from autoseg.dataset import load_dataset
-    from autoseg.inference.sliding_window import predict_sliding_window
-    from autoseg.io import write_image
+    from autoseg.dataset import DatasetInfo
+    from autoseg.inference.predictor import Predictor, compute_dtype_for, predict_folder
     from autoseg.network import build_network
-    from autoseg.preprocessing.case import preprocess_case, restore_label
-    from autoseg.preprocessing.pipeline import read_case
 
     torch.set_num_threads(c.threads())
     torch.manual_seed(0)
-    plans = default_topology_plans(work)
-    cfg = plans.configurations["3d_fullres"]
-    net = build_network(cfg.network, c.CHANNELS, c.REGIONS, deep_supervision=False)
-    info, cases = load_dataset(dataset_paths(work).raw)
+    cfg = default_topology_plans(work).configurations["3d_fullres"]
+    info = DatasetInfo.load(dataset_paths(work).dataset_json)
+    net = build_network(cfg.network, c.CHANNELS, c.REGIONS, deep_supervision=False).eval()
+    cpu = torch.device("cpu")
+    predictor = Predictor(cfg, info, [net], cpu, mirroring=tta, step=0.5,
+                          compute_dtype=compute_dtype_for("auto", cpu))
     case = case or c.case_ids(work)[0]
-    out_dir = work / "autoseg" / ("pred_tta" if tta else "pred")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
-    out: dict = {"case": case}
-    with c.timed(out), torch.inference_mode():
-        images, _, geometry = read_case(cases[case], label=False)
-        data, _, props = preprocess_case(images, geometry, cfg, info)
-        probs = predict_sliding_window(net, data, cfg.patch_size, c.REGIONS, region_based=True,
-                                       mirror_axes=cfg.mirror_axes if tta else (), step=0.5)
-        seg = info.label_from_outputs(np.asarray(probs))
-        write_image(out_dir / f"{case}.nii.gz", restore_label(seg, props), geometry)
+    in_dir, out_dir = (work / "autoseg" / name for name in ("predict_input", "pred_tta" if tta else "pred"))
+    for d in (in_dir, out_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    for f in c.case_files(work, case):
+        (in_dir / Path(f).name).symlink_to(Path(f).resolve())
+    out: dict = {"case": case, "precision": str(predictor.compute_dtype or torch.float32)}
+    with c.timed(out):
+        report = predict_folder(predictor, in_dir, out_dir, progress=False)
+    assert report.written == [case], report
     return out
 
 
