@@ -234,3 +234,14 @@ def test_plan_changes_when_raw_data_changes(synthetic_home):
     os.utime(paths.raw / "dataset.json", ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
     again, reused = fingerprint_for(paths)
     assert not reused and again.cases == fp.cases
+
+
+def test_median_image_comes_from_the_cropped_sampled_cases():
+    """The fingerprint crops only the cases it sampled; their cropped shapes, not the others' full
+    shapes, make the median image."""
+    crops = [[140, 170, 138]] * 5 + [None] * 25
+    fp = fingerprint([[155, 240, 240]] * 30, [[1.0, 1.0, 1.0]] * 30, crops=crops)
+    assert plan_dataset(fp, info_for(fp), 8, "test").configurations["3d_fullres"].median_shape == [140, 170, 138]
+    uncropped = fingerprint([[155, 240, 240]] * 30, [[1.0, 1.0, 1.0]] * 30)
+    assert plan_dataset(uncropped, info_for(uncropped), 8, "test").configurations["3d_fullres"].median_shape == \
+        [155, 240, 240]

@@ -20,10 +20,14 @@ def _main(argv: Sequence[str] | None) -> int:
                    help="GPU memory to plan for (default: the CUDA device's, else 8); small values (0.5) make CPU-sized plans")
     p.add_argument("--explain", action="store_true", help="print every planning decision in words")
     p.add_argument("--verify", action="store_true", help="only check the raw dataset and exit")
-    p.add_argument("--arch", choices=ARCHS, default=None, help="override the architecture the VRAM preset picks")
-    p.add_argument("--base-features", type=int, default=32, help="features of the first stage (doubled per stage)")
-    p.add_argument("--max-features", type=int, default=320, help="cap on the features per stage (3d; 2d gets 1.6x)")
-    p.add_argument("-np", "--workers", type=int, default=2, help="worker threads for checking and fingerprinting")
+    p.add_argument("--arch", choices=ARCHS, default=None,
+                   help="override the architecture the VRAM preset picks (default: unet below 24 GB, resenc_unet from 24 GB)")
+    p.add_argument("--base-features", type=int, default=32, metavar="N",
+                   help="features of the first stage, doubled per stage (default: 32)")
+    p.add_argument("--max-features", type=int, default=320, metavar="N",
+                   help="cap on the features per stage; 2d gets 1.6x (default: 320)")
+    p.add_argument("-np", "--workers", type=int, default=2, metavar="W",
+                   help="worker threads for checking and fingerprinting (default: 2)")
     args = p.parse_args(argv)
     paths = dataset_paths(args)
     if args.verify:

@@ -92,6 +92,7 @@ def topology(patch_size: Sequence[int], spacing: Sequence[float], min_edge: int 
 
 
 def network_for(topo: Topology, preset: VramPreset, base_features: int, max_features: int) -> NetworkPlan:
+    """The network of a preset's family on a topology; features double per stage up to ``max_features``."""
     n = len(topo.strides)
     return NetworkPlan(arch=preset.arch, features=[min(base_features * 2 ** i, max_features) for i in range(n)],
                        kernel_sizes=topo.kernel_sizes, strides=topo.strides, n_conv_encoder=preset.blocks(n),
@@ -117,16 +118,21 @@ def target_spacing(spacings: np.ndarray, sizes: np.ndarray) -> tuple[list[float]
 
 
 def fmt(values: Sequence[float]) -> str:
+    """``1 x 0.5 x 0.5`` for sentences."""
     return " x ".join(f"{v:g}" for v in values)
 
 
-def _case_arrays(fp: Fingerprint) -> tuple[np.ndarray, np.ndarray]:
-    """Spacings and (cropped where measured) shapes of the cases, one row per case."""
+def _case_arrays(fp: Fingerprint) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spacings of all cases, and the shapes with their spacings that the median image is taken from:
+    the cropped shapes of the cases the fingerprint sampled, or every case's full shape if none was."""
     if not fp.cases:
-        raise fail(None, f"fingerprint of {fp.dataset_name} lists no training case", "rerun autoseg-plan on a dataset with cases")
+        raise fail(None, f"fingerprint of {fp.dataset_name} lists no training case",
+                   "rerun autoseg-plan on a dataset with cases")
     spacings = np.array([c.spacing for c in fp.cases], dtype=float)
-    shapes = np.array([c.shape_after_crop or c.shape for c in fp.cases], dtype=float)
-    return spacings, shapes
+    cropped = [c for c in fp.cases if c.shape_after_crop is not None]
+    rows = cropped or fp.cases
+    shapes = np.array([c.shape_after_crop or c.shape for c in rows], dtype=float)
+    return spacings, np.array([c.spacing for c in rows], dtype=float), shapes
 
 
 def median_shape(spacings: np.ndarray, shapes: np.ndarray, spacing: Sequence[float]) -> list[int]:
@@ -258,9 +264,9 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
                    "delete fingerprint.json and rerun autoseg-plan")
     preset = preset_by_arch(vram_gb, arch) if arch else select_preset(vram_gb)
     budget = memory_budget_bytes(vram_gb)
-    spacings, shapes = _case_arrays(fingerprint)
+    spacings, shape_spacings, shapes = _case_arrays(fingerprint)
     spacing, why_spacing = target_spacing(spacings, shapes)
-    median = median_shape(spacings, shapes, spacing)
+    median = median_shape(shape_spacings, shapes, spacing)
     dataset_voxels = float(np.prod(median)) * fingerprint.num_training
     cin, cout = info.num_channels, info.num_outputs
     norm, why_norm = normalization(fingerprint)
@@ -281,7 +287,7 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
     explanation += ["2d (slices along axis 0): " + s for s in fit2d.sentences]
     fit3d = fit_patch_and_batch(median, spacing, budget, preset, cin, cout, base_features, max_features, dataset_voxels)
     coverage = float(np.prod(fit3d.patch_size) / np.prod(median))
-    lowres = _plan_lowres(spacings, shapes, spacing, median, coverage, budget, preset, cin, cout, base_features,
+    lowres = _plan_lowres(shape_spacings, shapes, spacing, median, coverage, budget, preset, cin, cout, base_features,
                           max_features, dataset_voxels, explanation)
     configs["3d_fullres"] = _configuration("3d_fullres", spacing, median, fit3d, norm, batch_dice=lowres is not None)
     explanation += ["3d_fullres: " + s for s in fit3d.sentences]
