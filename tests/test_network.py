@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from autoseg.errors import AutosegError
 from autoseg.network import build_network, check_network_plan, count_parameters
 from autoseg.planning.plans import NetworkPlan
 
@@ -82,8 +83,9 @@ def test_he_init_and_zero_bias():
     dict(strides=[[1, 1, 1], [2, 2, 2]]),
     dict(n_conv_decoder=[2, 2, 2]),
     dict(kernel_sizes=[[3, 3], [3, 3, 3], [3, 3, 3]]),
+    dict(features=[4, 0, 16]),
 ])
 def test_inconsistent_plans_are_refused(bad):
     good = plan("unet", [4, 8, 16], [[1, 1, 1], [2, 2, 2], [2, 2, 2]])
-    with pytest.raises(ValueError):
+    with pytest.raises(AutosegError, match="rerun autoseg-plan"):
         check_network_plan(NetworkPlan(**{**good.__dict__, **bad}))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autoseg.errors import AutosegError, fail
 from autoseg.network.blocks import ConvNormAct, conv_stack, init_he, ops, residual_stack
 from autoseg.planning.plans import NetworkPlan
 
@@ -25,20 +26,26 @@ ARCHS = ("unet", "resenc_unet")
 
 
 def check_network_plan(plan: NetworkPlan) -> None:
-    """Raise ValueError when the plan's lists disagree in length or dimensionality."""
+    """Refuse (one-line AutosegError) a network plan whose lists disagree in length or dimensionality,
+    e.g. from a hand-edited plans.json."""
     n = plan.n_stages
+
+    def bad(problem: str) -> AutosegError:
+        return fail(None, f"network plan: {problem}", "rerun autoseg-plan (or fix the network in plans.json)")
+
     if plan.arch not in ARCHS:
-        raise ValueError(f"unknown arch {plan.arch!r} (have: {', '.join(ARCHS)})")
+        raise bad(f"unknown arch {plan.arch!r} (have: {', '.join(ARCHS)})")
     if n < 2:
-        raise ValueError("a U-Net needs at least 2 stages")
+        raise bad("a U-Net needs at least 2 stages")
     for name, seq, want in (("kernel_sizes", plan.kernel_sizes, n), ("strides", plan.strides, n),
                             ("n_conv_encoder", plan.n_conv_encoder, n), ("n_conv_decoder", plan.n_conv_decoder, n - 1)):
         if len(seq) != want:
-            raise ValueError(f"{name} has {len(seq)} entries, expected {want} for {n} stages")
-    if any(len(k) != plan.ndim for k in plan.kernel_sizes) or any(len(s) != plan.ndim for s in plan.strides):
-        raise ValueError("every kernel size and stride must have the same number of axes (2 or 3)")
-    if any(c < 1 for c in [*plan.n_conv_encoder, *plan.n_conv_decoder]):
-        raise ValueError("every stage needs at least one conv block")
+            raise bad(f"{name} has {len(seq)} entries, expected {want} for {n} stages")
+    if plan.ndim not in (2, 3) or any(len(k) != plan.ndim for k in plan.kernel_sizes) \
+            or any(len(s) != plan.ndim for s in plan.strides):
+        raise bad("every kernel size and stride must have the same number of axes, 2 or 3")
+    if any(c < 1 for c in [*plan.n_conv_encoder, *plan.n_conv_decoder, *plan.features]):
+        raise bad("every stage needs at least one conv block and one feature")
 
 
 class UNet(nn.Module):
