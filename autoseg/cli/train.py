@@ -1,14 +1,45 @@
-"""autoseg-train (not built yet)."""
+"""autoseg-train CONFIG FOLD: train one fold (or all) of a preprocessed dataset; resumable."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
-from autoseg.errors import AutosegError, run_cli
+from autoseg.cli._common import add_dataset, dataset_paths, parser
+from autoseg.errors import run_cli
+from autoseg.training import TrainOptions, train_fold
+
+_DEFAULTS = TrainOptions()
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    raise AutosegError("autoseg-train is not built yet in this version; see the open issues")
+    p = parser("autoseg-train", "Train one cross-validation fold (fold0..fold4) or all cases (all). "
+                                "Under torchrun --nproc_per_node N the same command trains with N processes (DDP).")
+    p.add_argument("configuration", help="configuration of the plan: 3d_fullres, 2d or 3d_lowres")
+    p.add_argument("fold", help="fold0..fold4, 0..4, or all")
+    add_dataset(p)
+    p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="total epochs (a larger value extends a finished run)")
+    p.add_argument("--iters-per-epoch", type=int, default=_DEFAULTS.iters_per_epoch, help="training batches per epoch")
+    p.add_argument("--val-iters", type=int, default=_DEFAULTS.val_iters, help="validation batches per epoch (pseudo-Dice)")
+    p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="initial learning rate (poly decay, exponent 0.9)")
+    p.add_argument("--device", default=_DEFAULTS.device, choices=["auto", "cuda", "cpu"], help="where to train")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt in the fold folder")
+    p.add_argument("--pretrained", type=Path, default=None, help="initialise from this checkpoint (same network)")
+    p.add_argument("--workers", type=int, default=_DEFAULTS.workers, help="data augmentation processes (0 = in process)")
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed of weights and sampling (resume needs the same)")
+    p.add_argument("--no-augmentation", action="store_true", help="train on plain patches (for debugging)")
+    p.add_argument("--no-validation", action="store_true", help="skip the sliding-window validation at the end")
+    args = p.parse_args(argv)
+    for name in ("epochs", "iters_per_epoch"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    options = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=max(0, args.val_iters),
+                           lr=args.lr, device=args.device, workers=args.workers, seed=args.seed,
+                           pretrained=args.pretrained, resume=args.resume, augment=not args.no_augmentation,
+                           validate=not args.no_validation)
+    fold_dir = train_fold(dataset_paths(args), args.configuration, args.fold, options)
+    print(f"autoseg-train: done; checkpoints, log.txt and progress.png in {fold_dir}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:

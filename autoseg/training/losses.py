@@ -1,0 +1,110 @@
+"""Losses: soft Dice + cross-entropy (labels) or soft Dice + BCE on sigmoid outputs (regions),
+and deep supervision over the decoder's outputs.
+
+Dice follows nnU-Net's memory-efficient soft Dice: smooth 1e-5, background excluded for softmax
+outputs, every region included for sigmoid outputs; ``batch_dice`` sums over the batch (and, under
+DistributedDataParallel, over every rank with a differentiable all-reduce) before dividing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SMOOTH = 1e-5
+
+
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_reduce
+        return all_reduce(t)
+    return t
+
+
+def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, batch_dice: bool, smooth: float = SMOOTH) -> torch.Tensor:
+    """1 - mean soft Dice over channels (and samples unless ``batch_dice``). Inputs (b, c, *spatial)."""
+    axes = tuple(range(2, probs.ndim))
+    intersect = (probs * onehot).sum(axes)
+    sum_pred = probs.sum(axes)
+    sum_gt = onehot.sum(axes)
+    if batch_dice:
+        intersect, sum_pred, sum_gt = (_sum_over_ranks(t.sum(0)) for t in (intersect, sum_pred, sum_gt))
+    dice = (2 * intersect + smooth) / torch.clip(sum_gt + sum_pred + smooth, min=1e-8)
+    return 1 - dice.mean()
+
+
+class DiceBCELoss(nn.Module):
+    """Regions: BCE with logits + soft Dice on sigmoid outputs, 1:1. Target (b, R, *spatial) in {0, 1}."""
+
+    def __init__(self, batch_dice: bool) -> None:
+        super().__init__()
+        self.batch_dice = batch_dice
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.float()
+        dice = soft_dice_loss(torch.sigmoid(logits.float()), target, self.batch_dice)
+        return F.binary_cross_entropy_with_logits(logits.float(), target) + dice
+
+
+class DiceCELoss(nn.Module):
+    """Labels: cross-entropy + soft Dice on softmax outputs without background, 1:1. Target (b, 1, *spatial)."""
+
+    def __init__(self, batch_dice: bool) -> None:
+        super().__init__()
+        self.batch_dice = batch_dice
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        idx = target[:, 0].long()
+        probs = torch.softmax(logits.float(), 1)
+        onehot = F.one_hot(idx, logits.shape[1]).movedim(-1, 1).float()
+        dice = soft_dice_loss(probs[:, 1:], onehot[:, 1:], self.batch_dice)
+        return F.cross_entropy(logits.float(), idx) + dice
+
+
+def segmentation_loss(region_based: bool, batch_dice: bool) -> nn.Module:
+    return DiceBCELoss(batch_dice) if region_based else DiceCELoss(batch_dice)
+
+
+def deep_supervision_weights(n_outputs: int) -> list[float]:
+    """nnU-Net's weights: 1, 1/2, 1/4, ... with the lowest resolution at 0, normalised to sum 1."""
+    w = [1 / 2**i for i in range(n_outputs)]
+    if n_outputs > 1:
+        w[-1] = 0.0
+    total = sum(w)
+    return [x / total for x in w]
+
+
+def downsample_target(target: torch.Tensor, size: Sequence[int], region_based: bool) -> torch.Tensor:
+    """Target at a coarser output's size: max-pooling for region masks (a region stays visible),
+    nearest neighbour for class indices."""
+    if tuple(target.shape[2:]) == tuple(size):
+        return target
+    if region_based:
+        return F.adaptive_max_pool3d(target.float(), size) if len(size) == 3 else F.adaptive_max_pool2d(target.float(), size)
+    return F.interpolate(target.float(), size=tuple(size), mode="nearest")
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Weighted sum of ``loss`` over the outputs (full resolution first), targets downsampled to each.
+
+    A zero weight is still multiplied in, so every head stays in the graph (DistributedDataParallel
+    then needs no ``find_unused_parameters``).
+    """
+
+    def __init__(self, loss: nn.Module, region_based: bool) -> None:
+        super().__init__()
+        self.loss = loss
+        self.region_based = region_based
+
+    def forward(self, outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.loss(outputs, target)
+        weights = deep_supervision_weights(len(outputs))
+        total = outputs[0].new_zeros((), dtype=torch.float32)
+        for w, out in zip(weights, outputs):
+            total = total + w * self.loss(out, downsample_target(target, out.shape[2:], self.region_based))
+        return total

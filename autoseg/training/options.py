@@ -1,0 +1,38 @@
+"""Training options: nnU-Net's defaults, overridable from the command line or the Python API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to train one fold. ``oversample`` None takes the plan's share of foreground patches (0.33)."""
+
+    epochs: int = 1000
+    iters_per_epoch: int = 250
+    val_iters: int = 50
+    lr: float = 0.01
+    momentum: float = 0.99
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    poly_exponent: float = 0.9
+    grad_clip: float = 12.0
+    oversample: float | None = None
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    mixed_precision: bool = True   # used on CUDA only
+    pretrained: Path | None = None
+    resume: bool = False
+    augment: bool = True
+    validate: bool = True           # sliding-window validation of the held-out cases at the end
+    progress: bool = True           # tqdm bar
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (stored in checkpoints, which are loaded with weights_only=True)."""
+        d = asdict(self)
+        d["pretrained"] = str(self.pretrained) if self.pretrained else None
+        return d
