@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +23,13 @@ from tqdm import tqdm
 
 from autoseg.brats import ENHANCING, find_brats_case
 from autoseg.checkpoint import load_checkpoint
-from autoseg.dataset import DatasetInfo
+from autoseg.dataset import DatasetInfo, check_case_id
 from autoseg.errors import AutosegError, fail
 from autoseg.inference.sliding_window import eval_mode, logits_to_probabilities, sliding_window_logits
 from autoseg.io import Geometry, read_image, save_npz_atomic, write_image
 from autoseg.network import build_network
 from autoseg.paths import DatasetPaths
-from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan
+from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.postprocessing import PostprocessingPlan
 from autoseg.preprocessing import preprocess_case, restore_probabilities
 
@@ -71,6 +71,7 @@ def find_input_cases(folder: str | Path, num_channels: int, file_ending: str = "
 
 def read_input_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
     """Read every channel; a missing, unreadable or mismatched channel is an AutosegError naming its file."""
+    check_case_id(case.case_id, case.channels[0])   # the id names the output file: no '..' or separators
     images, geometry = [], None
     for path in case.channels:
         if not path.is_file():
@@ -145,12 +146,13 @@ class Predictor:
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], device: str = "auto", precision: str = "auto",
-                         **options) -> Predictor:
-        """Load checkpoints written by autoseg-train (all of one configuration and dataset)."""
+                         expected_configuration: dict | None = None, **options) -> Predictor:
+        """Load checkpoints written by autoseg-train (all of one configuration and dataset); with
+        ``expected_configuration`` (the current plan's), a checkpoint of another plan is refused."""
         if not paths:
             raise fail(None, "no checkpoint given", "train a fold first or check -f")
         dev = pick_device(device)
-        first = load_checkpoint(paths[0])
+        first = load_checkpoint(paths[0], expected_configuration)
         config, info = configuration_from_dict(first["configuration"]), DatasetInfo.from_dict(first["dataset"], paths[0])
         networks = []
         for i, path in enumerate(paths):
@@ -171,6 +173,9 @@ class Predictor:
         if checkpoint not in CHECKPOINTS:
             raise fail(None, f"--checkpoint {checkpoint!r} unknown", f"use one of {', '.join(CHECKPOINTS)}")
         name = f"checkpoint_{checkpoint}.pt"
+        if paths.plans_json.is_file() and "expected_configuration" not in kwargs:   # refuse folds of an older plan
+            planned = Plans.load(paths.plans_json).configurations.get(configuration)
+            kwargs["expected_configuration"] = asdict(planned) if planned is not None else None
         if folds is None:
             found = sorted(p for p in (paths.results / configuration).glob(f"fold_*/{name}"))
             if not found:
@@ -263,6 +268,11 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
     i, n = shard
     cases = sorted(cases, key=lambda c: c.case_id)[i::n]
     report = PredictionReport()
+    try:   # before any work: an output folder that cannot exist fails now, not after every case is predicted
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise fail(out_dir, f"cannot create the output folder ({e.strerror or e})",
+                   "choose a writable folder with -o") from None
     todo = []
     for case in cases:
         if _is_done(case, out_dir, save_probs):
