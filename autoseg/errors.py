@@ -54,7 +54,11 @@ def run_cli(prog: str, fn: Callable[[Sequence[str] | None], int | None], argv: S
     one line plus a hint, unless AUTOSEG_DEBUG=1 asks for the traceback.
     """
     try:
-        code = fn(argv)
+        try:
+            code = fn(argv)
+        except BaseException:
+            _close_progress_bars()   # so the message starts on its own line, not after a half-drawn bar
+            raise
     except AutosegError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -79,3 +83,16 @@ def run_cli(prog: str, fn: Callable[[Sequence[str] | None], int | None], argv: S
               file=sys.stderr)
         sys.exit(1)
     sys.exit(int(code or 0))
+
+
+def _close_progress_bars() -> None:
+    """Close tqdm bars an error left open: each ends its line, so the error message is a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - closing a bar must never hide the real error
+            pass

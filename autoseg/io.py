@@ -37,6 +37,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         path.parent.mkdir(parents=True, exist_ok=True)
     except PermissionError:
         raise fail(path.parent, "cannot create this folder (permission denied)", "choose a writable output folder") from None
+    except (FileExistsError, NotADirectoryError):
+        raise fail(path.parent, "cannot create this folder (a file is in the way: it or a parent is not a folder)",
+                   "choose another output folder or move that file") from None
     if suffix is None:
         suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     try:
