@@ -77,12 +77,26 @@ def read_case(files: CaseFiles) -> tuple[list[np.ndarray], np.ndarray, Geometry]
     return images, seg, geometry  # type: ignore[return-value]
 
 
+def check_content(files: CaseFiles, images: list[np.ndarray], label: np.ndarray, info: DatasetInfo) -> None:
+    """Refuse what would train silently wrong: an all-zero channel, label values dataset.json does not declare
+    (they would become background). The same checks as autoseg-plan's, for data that skipped it."""
+    for path, image in zip(files.images, images):
+        if not image.any():
+            raise fail(path, "image is all zero", "re-export the image, or remove the case")
+    declared = info.label_values
+    if np.isin(label, declared, invert=True).any():
+        values = sorted(set(np.unique(label).tolist()) - set(declared))
+        raise fail(files.label, f"label value(s) {values} are not declared in dataset.json (declared: {declared})",
+                   "fix the label or declare the values in dataset.json")
+
+
 def process_one(files: CaseFiles, config: ConfigurationPlan, info: DatasetInfo, out_dir: Path, key: str) -> str:
     """Read, preprocess and store one case (the unit of work of a worker), or link an identical one."""
     content = content_key(config, info)
     if reuse_sibling(out_dir, files.case_id, config, key, content):
         return files.case_id
     images, label, geometry = read_case(files)
+    check_content(files, images, label, info)
     try:
         data, seg, props = preprocess_case(images, geometry, config, info, label)
     except AutosegError as e:
