@@ -1,0 +1,84 @@
+"""The demo: budget arithmetic, safe cleanup, data generation + conversion, the CLI, and a quick smoke run."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from autoseg.cli.demo import main
+from autoseg.dataset import load_dataset
+from autoseg.demo import (DemoOptions, DemoSettings, clear_previous_demo, convert, demo_paths, run_demo,
+                          epochs_within_budget, generate_data, mark)
+
+
+def test_epochs_fit_the_budget():
+    assert epochs_within_budget(600, 100, 40, 60, 50) == 11          # (600 - 100 - 60) / 40
+    assert epochs_within_budget(600, 100, 40, 60, 5) == 5            # capped by the settings
+    assert epochs_within_budget(60, 100, 40, 6, 5) == 1              # over budget already: still one epoch
+    assert epochs_within_budget(600, 0, 0, 0, 7) == 7
+
+
+def test_cleanup_deletes_only_marked_folders(tmp_path: Path):
+    paths, out = demo_paths(tmp_path / "home"), tmp_path / "out"
+    for folder in (paths.raw, paths.results, out):
+        mark(folder)
+        (folder / "x.txt").write_text("old")
+    clear_previous_demo(paths, out)
+    assert not paths.raw.exists() and not paths.results.exists() and not out.exists()
+
+    (out / "mine").mkdir(parents=True)
+    with pytest.raises(Exception, match="not written by autoseg-demo"):
+        clear_previous_demo(paths, out)
+    assert (out / "mine").is_dir()
+    out.joinpath("mine").rmdir()
+    clear_previous_demo(paths, out)  # an empty folder is fine
+
+
+def test_generated_folders_convert_and_hold_back_test_labels(tmp_path: Path):
+    settings = replace(DemoSettings.quick(), n_train=2, n_test=1, shape=(24, 32, 32))
+    opts = DemoOptions(home=tmp_path / "home", out=tmp_path / "out", settings=settings, workers=1)
+    paths = demo_paths(opts.home)
+    src, refs = generate_data(opts)
+    convert(src, paths, workers=1)
+    info, cases = load_dataset(paths.raw)
+    assert info.label_convention == "brats2020" and len(cases) == 2
+    test_images = sorted(p.name for p in (paths.raw / "imagesTs").glob("*_0000.nii.gz"))
+    assert test_images == ["BraTS20_Synthetic_002_0000.nii.gz"]
+    assert [p.name for p in refs.glob("*.nii.gz")] == ["BraTS20_Synthetic_002.nii.gz"]
+
+
+def test_cli_help_and_bad_budget(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "--minutes-budget" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--minutes-budget", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "--minutes-budget" in err
+
+
+def test_cli_refuses_a_foreign_output_folder(tmp_path: Path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.tex").write_text("do not delete")
+    with pytest.raises(SystemExit) as e:
+        main(["--home", str(tmp_path / "home"), "--out", str(tmp_path / "out"), "--quick"])
+    assert e.value.code == 2 and "not written by autoseg-demo" in capsys.readouterr().err
+    assert (tmp_path / "out" / "thesis.tex").read_text() == "do not delete"
+    assert not (tmp_path / "home" / "raw").exists()
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_the_whole_path(tmp_path: Path):
+    """The reduced demo end to end: every artefact exists and the report embeds the overlays."""
+    opts = DemoOptions(home=tmp_path / "home", out=tmp_path / "out", settings=DemoSettings.quick(), workers=1)
+    said: list[str] = []
+    result = run_demo(opts, say=said.append)
+    assert set(result.dice) == {"whole tumour", "tumour core", "enhancing tumour"}
+    assert all(0.0 <= d <= 1.0 for d in result.dice.values()) and result.epochs == 1
+    assert all(Path(p).exists() for p in result.artefacts.values())
+    assert len(list((opts.out / "predictions").glob("*.nii.gz"))) == opts.settings.n_test
+    assert len(list((opts.out / "overlays").glob("*.png"))) == opts.settings.n_test
+    assert (opts.out / "report.html").read_text().count("data:image/png;base64,") == opts.settings.n_test
+    assert any("[8/8]" in line for line in said) and "whole tumour" in result.describe()
