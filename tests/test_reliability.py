@@ -1,0 +1,661 @@
+"""Reliability (issue 8): bad input, a full disk, unwritable folders and unsafe checkpoints, through the real commands.
+
+Every case runs a console command's ``main(argv)`` in this process (so writes can be patched) and checks what a
+user sees and keeps: exit code 2, one line per problem on stderr that names the file and says the fix (tqdm
+progress bars aside), no traceback, and every file written before byte-identical afterwards.
+The messages are collected in ``RESULTS``; ``AUTOSEG_RELIABILITY_DOC=docs/reliability.md`` writes them into the
+table of that page (see ``write_doc_table``), so the page shows what the commands really print.
+Interruptions (kill -9 and rerun) are in ``test_interruptions.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from autoseg.checkpoint import save_checkpoint
+from autoseg.cli.convert import main as convert_main
+from autoseg.cli.evaluate import main as evaluate_main
+from autoseg.cli.plan import main as plan_main
+from autoseg.cli.predict import main as predict_main
+from autoseg.cli.preprocess import main as preprocess_main
+from autoseg.cli.train import main as train_main
+from autoseg.dataset import DatasetInfo
+from autoseg.io import Geometry, read_image, write_image
+from autoseg.network import build_network
+from autoseg.paths import DatasetPaths
+from autoseg.planning.plans import Plans
+from autoseg.synthetic import write_brats_folders, write_raw_dataset
+
+DS = "Dataset001_Synthetic"
+SHAPE = (24, 32, 32)
+PLAN_ARGS = ["--vram", "0.5", "--base-features", "4", "--max-features", "16", "-np", "1"]
+PREDICT_ARGS = ["-f", "0", "--no-tta", "--device", "cpu", "--precision", "fp32"]
+RESULTS: list[dict[str, str]] = []
+_BAR = re.compile(r"[\w .\-]*:\s*(\d+%\|[^|]*\|\s*)?\d+/\d+ \[[^\]]*\]")   # one state of a tqdm bar
+
+
+# ---------------------------------------------------------------- helpers
+
+def run(main: Callable, argv: list[str], capsys) -> tuple[int, list[str]]:
+    """Run a console command's main(argv); return its exit code and its non-empty stderr lines."""
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = []
+    for line in err.splitlines():   # drop progress bars (lines of their own); a message glued to one stays
+        for part in line.split("\r"):
+            part = part.replace("\x1b[A", "").strip()
+            if part and not _BAR.fullmatch(part):
+                lines.append(part)
+    return code, lines
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """sha256 of every file under ``roots`` (the things that must survive a failed command)."""
+    out = {}
+    for root in roots:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for p in files:
+            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def record(case: str, command: str, code: int, lines: list[str], kept: str, base: Path) -> None:
+    shown = " / ".join(lines).replace(str(base), "…")
+    RESULTS.append({"case": case, "command": command, "message": shown, "code": str(code), "kept": kept})
+
+
+def expect_one_line(code: int, lines: list[str], path: Path | str, prog: str) -> str:
+    """Exit 2 and exactly one message line, which names ``path`` and gives a fix (``problem; fix``)."""
+    assert code == 2, lines
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith(f"{prog}: error: ") and str(path) in line and "; " in line, line
+    return line
+
+
+def _img(raw: Path, case: int, channel: int, subset: str = "Tr") -> Path:
+    return raw / f"images{subset}" / f"case_{case:03d}_{channel:04d}.nii.gz"
+
+
+def _lab(raw: Path, case: int) -> Path:
+    return raw / "labelsTr" / f"case_{case:03d}.nii.gz"
+
+
+def _rewrite(path: Path, change: Callable[[np.ndarray, Geometry], tuple[np.ndarray, Geometry]]) -> None:
+    array, geometry = read_image(path, allow_nonfinite=True)
+    write_image(path, *change(array, geometry))
+
+
+# The damage a file can have, each as a function that does it to one file.
+def _missing(p: Path) -> None:
+    p.unlink()
+
+
+def _shape(p: Path) -> None:
+    def f(a, g):
+        a = np.ascontiguousarray(a[:-4])
+        return a, Geometry(tuple(reversed(a.shape)), g.spacing, g.origin, g.direction)
+    _rewrite(p, f)
+
+
+def _spacing(p: Path) -> None:
+    _rewrite(p, lambda a, g: (a, Geometry(g.size, (1.0, 1.0, 2.5), g.origin, g.direction)))
+
+
+def _origin(p: Path) -> None:
+    _rewrite(p, lambda a, g: (a, Geometry(g.size, g.spacing, (7.0, 0.0, 0.0), g.direction)))
+
+
+def _direction(p: Path) -> None:
+    _rewrite(p, lambda a, g: (a, Geometry(g.size, g.spacing, g.origin, (-1.0, 0, 0, 0, 1, 0, 0, 0, 1))))
+
+
+def _undeclared_label(p: Path) -> None:
+    _rewrite(p, lambda a, g: (np.where(a == 4, 3, a).astype(a.dtype), g))   # 3 is no brats2020 label
+
+
+def _nan(p: Path) -> None:
+    def f(a, g):
+        a = a.astype(np.float32)
+        a[a.shape[0] // 2, 10, 10:13] = np.nan
+        return a, g
+    _rewrite(p, f)
+
+
+def _inf(p: Path) -> None:
+    def f(a, g):
+        a = a.astype(np.float32)
+        a[a.shape[0] // 2, 10, 10] = np.inf
+        return a, g
+    _rewrite(p, f)
+
+
+def _zero(p: Path) -> None:
+    _rewrite(p, lambda a, g: (np.zeros_like(a), g))
+
+
+def _truncated(p: Path) -> None:
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+
+
+def _corrupt(p: Path) -> None:
+    p.write_bytes(np.random.default_rng(0).bytes(3000))
+
+
+def _2d(p: Path) -> None:
+    sitk.WriteImage(sitk.Image(32, 32, sitk.sitkFloat32), str(p))
+
+
+def _4d(p: Path) -> None:
+    sitk.WriteImage(sitk.Image([32, 32, 24, 2], sitk.sitkFloat32), str(p))
+
+
+IMAGE_DAMAGE = {
+    "missing channel file": _missing, "channel with another shape": _shape, "channel with another spacing": _spacing,
+    "channel with another origin": _origin, "channel with another direction": _direction, "NaN voxels": _nan,
+    "inf voxels": _inf, "all-zero image": _zero, "truncated .nii.gz": _truncated, "corrupt .nii.gz (random bytes)": _corrupt,
+    "2D image": _2d, "4D image": _4d,
+}
+LABEL_DAMAGE = {
+    "label with another shape": _shape, "label with another spacing": _spacing, "label with another origin": _origin,
+    "label with another direction": _direction, "label values not in dataset.json": _undeclared_label,
+    "empty label": _zero, "truncated label": _truncated,
+}
+
+
+# ---------------------------------------------------------------- a small planned, preprocessed, "trained" dataset
+
+def fold_checkpoint(paths: DatasetPaths, fold: int = 0, seed: int = 0, configuration: dict | None = None,
+                    name: str = "checkpoint_final.pt") -> Path:
+    """A valid checkpoint of the current plan (untrained weights), as autoseg-train writes it."""
+    plan = Plans.load(paths.plans_json).configuration("3d_fullres")
+    info = DatasetInfo.load(paths.dataset_json)
+    config = configuration or asdict(plan)
+    torch.manual_seed(seed)
+    from autoseg.inference.predictor import configuration_from_dict
+    net = build_network(configuration_from_dict(config).network, info.num_channels, info.num_outputs)
+    path = paths.fold_dir("3d_fullres", fold) / name
+    save_checkpoint(path, {"configuration": config, "dataset": info.to_dict(), "network_state": net.state_dict(),
+                           "epoch": 0})
+    return path
+
+
+def _quiet(main: Callable, argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    assert e.value.code == 0
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """home/ planned (tiny) and preprocessed, fold 0 'trained', imagesTs predicted into pred/."""
+    root = tmp_path_factory.mktemp("reliability")
+    home = root / "home"
+    write_raw_dataset(home / "raw" / DS, n_train=4, n_test=2, shape=SHAPE, seed=0)
+    _quiet(plan_main, ["--home", home, *PLAN_ARGS])
+    _quiet(preprocess_main, ["--home", home, "-np", "1"])
+    fold_checkpoint(DatasetPaths(home, DS))
+    _quiet(predict_main, ["-i", home / "raw" / DS / "imagesTs", "-o", root / "pred", "--home", home, *PREDICT_ARGS])
+    return root
+
+
+@pytest.fixture
+def work(base: Path, tmp_path: Path) -> Path:
+    """A private copy of ``base`` to damage."""
+    shutil.copytree(base, tmp_path / "w", symlinks=True)
+    return tmp_path / "w"
+
+
+def _paths(work: Path) -> DatasetPaths:
+    return DatasetPaths(work / "home", DS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def write_doc_table():
+    """After the module: with AUTOSEG_RELIABILITY_DOC=FILE, replace the generated table in FILE."""
+    yield
+    target = os.environ.get("AUTOSEG_RELIABILITY_DOC")
+    if not target or not RESULTS:
+        return
+    rows = ["| input | command | message shown | exit | kept intact |", "| --- | --- | --- | --- | --- |"]
+    for r in sorted(RESULTS, key=lambda r: (r["command"], r["case"])):
+        msg = r["message"].replace("|", "\\|")
+        rows.append(f"| {r['case']} | `{r['command']}` | `{msg}` | {r['code']} | {r['kept']} |")
+    doc = Path(target)
+    text = doc.read_text() if doc.is_file() else "<!-- begin generated -->\n<!-- end generated -->\n"
+    start, end = "<!-- begin generated -->", "<!-- end generated -->"
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    doc.write_text(f"{head}{start}\n" + "\n".join(rows) + f"\n{end}{tail}")
+
+
+# ---------------------------------------------------------------- autoseg-plan: the integrity check
+
+@pytest.mark.parametrize("what,kind,damage", [*((k, "img", f) for k, f in IMAGE_DAMAGE.items()),
+                                              *((k, "lab", f) for k, f in LABEL_DAMAGE.items())],
+                         ids=[*IMAGE_DAMAGE, *LABEL_DAMAGE])
+def test_plan_lists_each_bad_file_and_keeps_the_old_plan(work: Path, capsys, what: str, kind: str, damage) -> None:
+    paths = _paths(work)
+    target = _img(paths.raw, 1, 2) if kind == "img" else _lab(paths.raw, 2)
+    before = snapshot(paths.preprocessed)
+    damage(target)
+    code, lines = run(plan_main, ["--home", work / "home", *PLAN_ARGS], capsys)
+    assert code == 2, lines
+    assert lines[0].startswith(f"autoseg-plan: error: dataset check of {paths.raw}: ") and "problem(s) found" in lines[0]
+    problems = lines[1:]
+    assert problems and any(str(target) in p for p in problems), lines
+    for p in problems:   # one line per problem, each naming its file (or folder) and the fix
+        assert re.match(rf"{re.escape(str(paths.raw))}\S*: ", p) and "; " in p, p
+    assert snapshot(paths.preprocessed) == before   # plans.json, fingerprint.json, preprocessed cases
+    record(what, "autoseg-plan", code, lines, "plans.json, fingerprint.json, preprocessed/", work)
+
+
+def test_plan_reports_duplicate_and_unsafe_case_ids(work: Path, capsys) -> None:
+    paths = _paths(work)
+    before = snapshot(paths.preprocessed)
+    dup = paths.raw / "imagesTr" / "case_001_0000.nii"
+    sitk.WriteImage(sitk.ReadImage(str(_img(paths.raw, 1, 0))), str(dup), useCompression=False)
+    for c in range(4):     # same id up to upper/lower case
+        shutil.copy(_img(paths.raw, 3, c), paths.raw / "imagesTr" / f"CASE_003_{c:04d}.nii.gz")
+    shutil.copy(_lab(paths.raw, 3), paths.raw / "labelsTr" / "CASE_003.nii.gz")
+    code, lines = run(plan_main, ["--home", work / "home", *PLAN_ARGS], capsys)
+    assert code == 2 and any(str(dup) in ln and "duplicate" in ln for ln in lines), lines
+    assert any("differ only in upper/lower case" in ln for ln in lines), lines
+    record("duplicate case ids (.nii next to .nii.gz; ids differing in case)", "autoseg-plan", code, lines,
+           "plans.json, preprocessed/", work)
+    assert snapshot(paths.preprocessed) == before
+    for name in ("..", "a\\b"):
+        work2 = work.parent / f"u{len(name)}"
+        shutil.copytree(work, work2)
+        dup2 = work2 / "home" / "raw" / DS / "imagesTr" / "case_001_0000.nii"
+        dup2.unlink()
+        for p in (work2 / "home" / "raw" / DS).rglob("CASE_003*"):
+            p.unlink()
+        for c in range(4):
+            shutil.copy(_img(work2 / "home" / "raw" / DS, 3, c), work2 / "home" / "raw" / DS / "imagesTr" / f"{name}_{c:04d}.nii.gz")
+        code, lines = run(plan_main, ["--home", work2 / "home", *PLAN_ARGS], capsys)
+        assert code == 2 and any(f"unsafe case id {name!r}" in ln for ln in lines), lines
+        record(f"case id {name!r} (`..` / path separator)", "autoseg-plan", code, lines, "plans.json", work2)
+
+
+@pytest.mark.parametrize("what,edit", [
+    ("dataset.json missing a field", lambda d: json.dumps({k: v for k, v in d.items() if k != "labels"})),
+    ("dataset.json malformed", lambda d: json.dumps(d)[:-5]),
+    ("dataset.json not an object", lambda d: "[1, 2]"),
+])
+def test_bad_dataset_json_is_one_line(work: Path, capsys, what: str, edit) -> None:
+    paths = _paths(work)
+    d = json.loads(paths.dataset_json.read_text())
+    paths.dataset_json.write_text(edit(d))
+    before = snapshot(paths.preprocessed)
+    for prog, main, argv in (("autoseg-plan", plan_main, PLAN_ARGS), ("autoseg-preprocess", preprocess_main, ["-np", "1"])):
+        if prog == "autoseg-preprocess":   # a case not yet done, so the raw data is read
+            for p in paths.config_dir("3d_fullres").glob("case_003*"):
+                p.unlink()
+            before = snapshot(paths.preprocessed)
+        code, lines = run(main, ["--home", work / "home", *argv], capsys)
+        expect_one_line(code, lines, paths.dataset_json, prog)
+        assert snapshot(paths.preprocessed) == before
+        record(what, prog, code, lines, "plans.json, preprocessed/", work)
+
+
+# ---------------------------------------------------------------- autoseg-preprocess
+
+@pytest.mark.parametrize("what,kind,damage", [*((k, "img", f) for k, f in IMAGE_DAMAGE.items()),
+                                              *((k, "lab", f) for k, f in LABEL_DAMAGE.items())],
+                         ids=[*IMAGE_DAMAGE, *LABEL_DAMAGE])
+def test_preprocess_names_the_bad_file_and_keeps_finished_cases(work: Path, capsys, what: str, kind: str, damage) -> None:
+    paths = _paths(work)
+    out = paths.config_dir("3d_fullres")
+    for p in out.glob("case_002*"):   # case 2 is new: not preprocessed yet
+        p.unlink()
+    before = snapshot(paths.preprocessed)
+    target = _img(paths.raw, 2, 1) if kind == "img" else _lab(paths.raw, 2)
+    damage(target)
+    code, lines = run(preprocess_main, ["--home", work / "home", "-np", "1"], capsys)
+    if what in ("empty label",):   # harmless to preprocess (the plan's check reports it); the case is written
+        assert code == 0, lines
+        record(what, "autoseg-preprocess", code, lines or ["(case preprocessed; autoseg-plan reports it)"],
+               "preprocessed/", work)
+        return
+    expect_one_line(code, lines, target, "autoseg-preprocess")
+    assert snapshot(paths.preprocessed) == before   # the other cases untouched, nothing of case 2 written
+    assert not list(out.glob("case_002*")) and not list(out.glob(".*tmp*"))
+    record(what, "autoseg-preprocess", code, lines, "plans.json, the other preprocessed cases", work)
+
+
+# ---------------------------------------------------------------- autoseg-predict: bad case skipped, others finish
+
+PREDICT_DAMAGE = {k: IMAGE_DAMAGE[k] for k in ("missing channel file", "channel with another shape",
+                                               "channel with another spacing", "channel with another origin",
+                                               "channel with another direction", "NaN voxels", "inf voxels",
+                                               "truncated .nii.gz", "corrupt .nii.gz (random bytes)", "2D image",
+                                               "4D image")}
+
+
+@pytest.mark.parametrize("what,damage", PREDICT_DAMAGE.items(), ids=list(PREDICT_DAMAGE))
+def test_predict_skips_a_bad_case_and_finishes_the_others(work: Path, capsys, what: str, damage) -> None:
+    paths = _paths(work)
+    inp, out = work / "in", work / "out"
+    shutil.copytree(paths.raw / "imagesTs", inp)
+    out.mkdir()
+    shutil.copy(work / "pred" / "case_004.nii.gz", out / "earlier.nii.gz")   # an earlier prediction
+    before = snapshot(out)
+    target = inp / "case_005_0001.nii.gz"
+    damage(target)
+    code, lines = run(predict_main, ["-i", inp, "-o", out, "--home", work / "home", *PREDICT_ARGS], capsys)
+    assert code == 2, lines
+    failed = [ln for ln in lines if ln.startswith("failed: ")]
+    assert len(failed) == 1 and str(target) in failed[0] and "; " in failed[0], lines
+    assert lines[-1].startswith("1 written, 0 already done, 1 failed") and len(lines) == 2, lines
+    assert sorted(p.name for p in out.iterdir()) == ["case_004.nii.gz", "earlier.nii.gz"]
+    assert (out / "case_004.nii.gz").read_bytes() == (work / "pred" / "case_004.nii.gz").read_bytes()
+    assert all(snapshot(out)[k] == v for k, v in before.items())
+    record(what, "autoseg-predict", code, lines, "earlier predictions; the good case is written", work)
+
+
+def test_predict_refuses_an_unsafe_case_id(work: Path, capsys) -> None:
+    paths = _paths(work)
+    inp, out = work / "in", work / "out" / "inner"
+    shutil.copytree(paths.raw / "imagesTs", inp)
+    for c in range(4):
+        shutil.move(inp / f"case_005_{c:04d}.nii.gz", inp / f".._{c:04d}.nii.gz")
+    code, lines = run(predict_main, ["-i", inp, "-o", out, "--home", work / "home", *PREDICT_ARGS], capsys)
+    assert code == 2 and any("unsafe case id '..'" in ln for ln in lines), lines
+    assert [p.name for p in (work / "out").iterdir()] in ([], ["inner"])
+    assert not (work / "out" / "..nii.gz").exists() and not (work / "out" / "...nii.gz").exists()
+    record("case id `..`", "autoseg-predict", code, lines, "nothing written outside -o", work)
+
+
+# ---------------------------------------------------------------- autoseg-evaluate
+
+def test_evaluate_reports_missing_and_mismatched_predictions(work: Path, capsys) -> None:
+    paths = _paths(work)
+    pred, ref = work / "pred", paths.raw / "labelsTs"
+    before = snapshot(pred, ref)
+    _quiet(evaluate_main, ["-p", pred, "-r", ref, "--home", work / "home", "-o", work / "ev"])
+    summary = (work / "ev" / "summary.json").read_bytes()
+    (pred / "case_005.nii.gz").unlink()            # a missing prediction
+    before.pop(str(pred / "case_005.nii.gz"))
+    code, lines = run(evaluate_main, ["-p", pred, "-r", ref, "--home", work / "home", "-o", work / "ev2"], capsys)
+    assert code == 2 and any(ln.startswith("failed: ") and str(ref / "case_005.nii.gz") in ln for ln in lines), lines
+    record("missing prediction file", "autoseg-evaluate", code, [ln for ln in lines if ln.startswith("failed")],
+           "predictions, references", work)
+    shutil.copy(work / "pred" / "case_004.nii.gz", pred / "case_005.nii.gz")
+    _shape(pred / "case_005.nii.gz")               # a prediction on another grid
+    code, lines = run(evaluate_main, ["-p", pred, "-r", ref, "--home", work / "home", "-o", work / "ev"], capsys)
+    failed = [ln for ln in lines if ln.startswith("failed: ")]
+    assert code == 2 and len(failed) == 1 and str(pred / "case_005.nii.gz") in failed[0] and "; " in failed[0], lines
+    record("prediction with another shape", "autoseg-evaluate", code, failed, "predictions, references", work)
+    before.pop(str(pred / "case_005.nii.gz"), None)
+    assert all(snapshot(pred, ref).get(k) == v for k, v in before.items())
+    del summary
+
+
+def test_evaluate_missing_folder_and_bad_dataset_json(work: Path, capsys) -> None:
+    code, lines = run(evaluate_main, ["-p", work / "nothing", "-r", _paths(work).raw / "labelsTs",
+                                      "--home", work / "home"], capsys)
+    expect_one_line(code, lines, work / "nothing", "autoseg-evaluate")
+    record("prediction folder missing", "autoseg-evaluate", code, lines, "-", work)
+    bad = work / "ds.json"
+    bad.write_text("{\"labels\": ")
+    code, lines = run(evaluate_main, ["-p", work / "pred", "-r", _paths(work).raw / "labelsTs",
+                                      "--dataset-json", bad], capsys)
+    expect_one_line(code, lines, bad, "autoseg-evaluate")
+    record("--dataset-json malformed", "autoseg-evaluate", code, lines, "predictions", work)
+
+
+# ---------------------------------------------------------------- autoseg-convert
+
+def _brats_src(work: Path) -> Path:
+    src = work / "brats"
+    write_brats_folders(src, n=2, shape=SHAPE)
+    return src
+
+
+def test_convert_reports_missing_channel_duplicate_id_and_keeps_the_existing_dataset(work: Path, capsys) -> None:
+    src = _brats_src(work)
+    home = work / "chome"
+    _quiet(convert_main, ["brats", src, "-d", "7", "--home", home, "-np", "1"])
+    raw = home / "raw" / "Dataset007_BraTS"
+    before = snapshot(raw)
+    more = work / "more"
+    write_brats_folders(more, n=2, shape=SHAPE, first_index=2)
+    missing = next(more.glob("*/*_flair.nii.gz"))
+    missing.unlink()
+    code, lines = run(convert_main, ["brats", more, "-d", "7", "--home", home, "-np", "1"], capsys)
+    assert code == 2 and any(str(missing) in ln and "channel file missing" in ln for ln in lines), lines
+    assert snapshot(raw) == before
+    record("BraTS case folder missing a channel", "autoseg-convert", code, lines, "the converted dataset", work)
+    dup = work / "dup"
+    (dup / "a").mkdir(parents=True)
+    (dup / "b").mkdir()
+    shutil.copytree(next(src.iterdir()), dup / "a" / next(src.iterdir()).name)
+    shutil.copytree(next(src.iterdir()), dup / "b" / next(src.iterdir()).name)
+    code, lines = run(convert_main, ["brats", dup, "-d", "7", "--home", home, "-np", "1"], capsys)
+    assert code == 2 and any("occurs more than once" in ln for ln in lines), lines
+    assert snapshot(raw) == before
+    record("duplicate BraTS case id", "autoseg-convert", code, lines, "the converted dataset", work)
+
+
+# ---------------------------------------------------------------- unwritable output and a full disk
+
+def test_unwritable_output_folders_are_one_line(work: Path, capsys) -> None:
+    blocker = work / "a_file"
+    blocker.write_text("not a folder")
+    inp = _paths(work).raw / "imagesTs"
+    cases = [
+        ("autoseg-predict", predict_main, ["-i", inp, "-o", blocker / "out", "--home", work / "home", *PREDICT_ARGS]),
+        ("autoseg-evaluate", evaluate_main, ["-p", work / "pred", "-r", _paths(work).raw / "labelsTs",
+                                             "--home", work / "home", "-o", blocker / "ev"]),
+        ("autoseg-convert", convert_main, ["brats", _brats_src(work), "-d", "8", "--home", blocker / "h", "-np", "1"]),
+        ("autoseg-preprocess", preprocess_main, ["--home", work / "home", "-np", "1", "-c", "2d"]),
+        ("autoseg-plan", plan_main, ["--home", work / "home", *PLAN_ARGS]),
+    ]
+    (_paths(work).preprocessed / "2d").write_text("")          # preprocess -c 2d: its folder is a file
+    for prog, main, argv in cases:
+        where = blocker
+        if prog == "autoseg-preprocess":
+            where = _paths(work).preprocessed / "2d"
+        elif prog == "autoseg-plan":     # the fingerprint must be written again, into a folder that is a file
+            shutil.rmtree(_paths(work).preprocessed)
+            _paths(work).preprocessed.write_text("")
+            where = _paths(work).preprocessed
+        code, lines = run(main, argv, capsys)
+        expect_one_line(code, lines, where, prog)
+        assert blocker.read_text() == "not a folder"
+        record("output folder cannot be created (its parent is a file)", prog, code, lines, "everything", work)
+
+
+@pytest.fixture
+def enospc():
+    def raise_enospc(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return raise_enospc
+
+
+def test_full_disk_while_planning_keeps_the_old_plan(work: Path, capsys, monkeypatch, enospc) -> None:
+    paths = _paths(work)
+    paths.fingerprint_json.unlink()       # computed again, then cannot be written
+    before = snapshot(paths.preprocessed)
+    monkeypatch.setattr(os, "fsync", enospc)
+    code, lines = run(plan_main, ["--home", work / "home", *PLAN_ARGS], capsys)
+    monkeypatch.undo()
+    line = expect_one_line(code, lines, paths.preprocessed, "autoseg-plan")
+    assert "no space left" in line.lower()
+    assert snapshot(paths.preprocessed) == before and not list(paths.preprocessed.glob(".*tmp*"))
+    record("disk full (ENOSPC) while writing", "autoseg-plan", code, lines, "plans.json; no temporary file left", work)
+
+
+def test_full_disk_while_preprocessing_keeps_finished_cases(work: Path, capsys, monkeypatch, enospc) -> None:
+    paths = _paths(work)
+    out = paths.config_dir("3d_fullres")
+    for p in out.glob("case_002*"):
+        p.unlink()
+    before = snapshot(paths.preprocessed)
+    monkeypatch.setattr(np, "save", enospc)
+    code, lines = run(preprocess_main, ["--home", work / "home", "-np", "1"], capsys)
+    monkeypatch.undo()
+    line = expect_one_line(code, lines, out / "case_002", "autoseg-preprocess")
+    assert "no space left" in line.lower()
+    assert snapshot(paths.preprocessed) == before and not list(out.glob(".*tmp*"))
+    record("disk full (ENOSPC) while writing", "autoseg-preprocess", code, lines,
+           "finished cases; no temporary file left", work)
+
+
+def test_full_disk_while_predicting_keeps_earlier_predictions(work: Path, capsys, monkeypatch, enospc) -> None:
+    paths = _paths(work)
+    out = work / "pred"
+    (out / "case_005.nii.gz").unlink()
+    before = snapshot(out)
+    monkeypatch.setattr(sitk, "WriteImage", enospc)
+    code, lines = run(predict_main, ["-i", paths.raw / "imagesTs", "-o", out, "--home", work / "home", *PREDICT_ARGS],
+                      capsys)
+    monkeypatch.undo()
+    assert code == 2, lines
+    failed = [ln for ln in lines if ln.startswith("failed: ")]
+    assert len(failed) == 1 and str(out / "case_005.nii.gz") in failed[0] and "no space left" in failed[0].lower(), lines
+    assert snapshot(out) == before and not list(out.glob(".*tmp*"))
+    record("disk full (ENOSPC) while writing", "autoseg-predict", code, lines,
+           "earlier predictions; no temporary file left", work)
+
+
+# ---------------------------------------------------------------- checkpoints: other plan, edited metadata, code inside
+
+class _Payload:
+    """Unpickling this runs ``open(marker, 'w')``: what a booby-trapped checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _trap(path: Path, marker: Path) -> None:
+    """Rewrite a real checkpoint with a code-running object inside (plain torch.save, full pickle)."""
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["extra"] = _Payload(marker)
+    torch.save(ckpt, path)
+
+
+def _edit_metadata(path: Path) -> None:
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["configuration"]["patch_size"] = [8, 8, 8]
+    torch.save(ckpt, path)
+
+
+def test_predict_refuses_unsafe_edited_and_other_plan_checkpoints(work: Path, capsys) -> None:
+    paths = _paths(work)
+    ckpt = paths.fold_dir("3d_fullres", 0) / "checkpoint_final.pt"
+    original = ckpt.read_bytes()
+    marker = work / "PWNED"
+    argv = ["-i", paths.raw / "imagesTs", "-o", work / "out", "--home", work / "home", *PREDICT_ARGS]
+
+    _trap(ckpt, marker)
+    code, lines = run(predict_main, argv, capsys)
+    line = expect_one_line(code, lines, ckpt, "autoseg-predict")
+    assert "refused" in line and not marker.exists()
+    record("checkpoint with a pickled code payload (__reduce__)", "autoseg-predict", code, lines,
+           "the payload never runs; no output", work)
+
+    ckpt.write_bytes(original)
+    _edit_metadata(ckpt)
+    code, lines = run(predict_main, argv, capsys)
+    expect_one_line(code, lines, ckpt, "autoseg-predict")
+    record("checkpoint whose metadata was edited", "autoseg-predict", code, lines, "no output", work)
+
+    ckpt.write_bytes(original)     # a valid checkpoint, but plans.json has changed since it was trained
+    plans = json.loads(paths.plans_json.read_text())
+    plans["configurations"]["3d_fullres"]["patch_size"] = [16, 16, 16]
+    paths.plans_json.write_text(json.dumps(plans))
+    code, lines = run(predict_main, argv, capsys)
+    line = expect_one_line(code, lines, ckpt, "autoseg-predict")
+    assert "another plan" in line
+    record("checkpoint trained with another plan (plans.json changed)", "autoseg-predict", code, lines, "no output", work)
+    assert not (work / "out").exists() or not list((work / "out").iterdir())
+
+
+def test_error_ends_a_progress_bar(work: Path, capsys, monkeypatch) -> None:
+    """An error in the middle of a progress bar still prints as a line of its own (run_cli closes open bars)."""
+    from autoseg.inference.predictor import Predictor
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(Predictor, "predict", boom)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        predict_main([str(a) for a in ["-i", _paths(work).raw / "imagesTs", "-o", work / "out",
+                                       "--home", work / "home", *PREDICT_ARGS]])
+    assert e.value.code == 1
+    last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+    assert last.startswith("autoseg-predict: internal error: RuntimeError: boom") and "\r" not in last, repr(last)
+
+
+TRAIN_ARGS = ["--epochs", "1", "--iters-per-epoch", "1", "--val-iters", "0", "--workers", "0", "--device", "cpu",
+              "--no-validation"]
+
+
+def test_train_refuses_unsafe_and_other_plan_checkpoints(work: Path, capsys) -> None:
+    paths = _paths(work)
+    fold_dir = paths.fold_dir("3d_fullres", 1)
+    marker = work / "PWNED"
+    argv = ["3d_fullres", "fold1", "--home", work / "home", *TRAIN_ARGS]
+
+    latest = fold_checkpoint(paths, 1, name="checkpoint_latest.pt")
+    _trap(latest, marker)
+    before = snapshot(fold_dir)
+    code, lines = run(train_main, [*argv, "--resume"], capsys)
+    line = expect_one_line(code, lines, latest, "autoseg-train")
+    assert "refused" in line and not marker.exists() and snapshot(fold_dir) == before
+    record("checkpoint with a pickled code payload (__reduce__)", "autoseg-train --resume", code, lines,
+           "the payload never runs; fold folder unchanged", work)
+
+    pretrained = work / "pretrained.pt"
+    shutil.copy(paths.fold_dir("3d_fullres", 0) / "checkpoint_final.pt", pretrained)
+    _trap(pretrained, marker)
+    shutil.rmtree(fold_dir)
+    code, lines = run(train_main, [*argv, "--pretrained", pretrained], capsys)
+    line = expect_one_line(code, lines, pretrained, "autoseg-train")
+    assert "refused" in line and not marker.exists()
+    assert not (fold_dir / "checkpoint_latest.pt").exists()
+    record("checkpoint with a pickled code payload (__reduce__)", "autoseg-train --pretrained", code, lines,
+           "the payload never runs; nothing trained", work)
+
+    other = asdict(Plans.load(paths.plans_json).configuration("3d_fullres"))
+    other["patch_size"] = [16, 16, 16]                     # trained with an earlier plans.json
+    latest = fold_checkpoint(paths, 1, configuration=other, name="checkpoint_latest.pt")
+    before = snapshot(fold_dir)
+    code, lines = run(train_main, [*argv, "--resume"], capsys)
+    line = expect_one_line(code, lines, latest, "autoseg-train")
+    assert "another plan" in line and snapshot(fold_dir) == before
+    record("checkpoint trained with another plan (plans.json changed)", "autoseg-train --resume", code, lines,
+           "fold folder unchanged", work)
+
+    shutil.copy(paths.fold_dir("3d_fullres", 0) / "checkpoint_final.pt", latest)
+    _edit_metadata(latest)
+    before = snapshot(fold_dir)
+    code, lines = run(train_main, [*argv, "--resume"], capsys)
+    line = expect_one_line(code, lines, latest, "autoseg-train")
+    assert "modified" in line and snapshot(fold_dir) == before
+    record("checkpoint whose metadata was edited", "autoseg-train --resume", code, lines, "fold folder unchanged", work)
