@@ -127,6 +127,8 @@ def test_tiny_plan_trains_a_cpu_network():
 def test_arch_override_and_presets():
     assert select_preset(4).name == "8gb" and select_preset(12).name == "12gb" and select_preset(100).name == "80gb"
     assert select_preset(24).arch == "resenc_unet"
+    # detected sizes are a little below the nominal ones (GiB, driver reserve)
+    assert [select_preset(g).name for g in (7.6, 11.7, 23.6, 39.4, 79.2)] == ["8gb", "12gb", "24gb", "40gb", "80gb"]
     fp = fingerprint([[48, 64, 64]] * 6, [[1.0, 1.0, 1.0]] * 6)
     plans = plan_dataset(fp, info_for(fp), 8, "test", arch="resenc_unet")
     net = plans.configurations["3d_fullres"].network

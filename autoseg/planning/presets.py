@@ -49,9 +49,13 @@ PRESETS: tuple[VramPreset, ...] = (
 )
 
 
+NOMINAL_TOLERANCE = 0.9   # a "24 GB" card reports 23.6 GiB, an "80 GB" one 79.2: both still belong to their class
+
+
 def select_preset(vram_gb: float) -> VramPreset:
-    """The largest preset class not above ``vram_gb`` (the smallest one for less than 8 GB)."""
-    fitting = [p for p in PRESETS if p.vram_gb <= vram_gb]
+    """The largest preset class not above ``vram_gb`` (within the tolerance for what cards report against
+    their nominal size); the smallest class for less than 8 GB."""
+    fitting = [p for p in PRESETS if p.vram_gb * NOMINAL_TOLERANCE <= vram_gb]
     return fitting[-1] if fitting else PRESETS[0]
 
 
