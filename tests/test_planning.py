@@ -219,7 +219,8 @@ def test_cli_verify_only_and_bad_input(synthetic_home, tmp_path, capsys):
     assert not (synthetic_home / "preprocessed" / "Dataset001_Synthetic" / "plans.json").exists()
     assert run(["--home", str(synthetic_home), "--vram", "-1"]) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == ["autoseg-plan: error: --vram -1.0 must be positive; give the GPU memory in GB, e.g. --vram 8"]
+    assert err.strip().splitlines() == [
+        "autoseg-plan: error: --vram -1.0 must be positive; give the GPU memory in GB, e.g. --vram 8"]
     assert run(["--home", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "autoseg-plan: error:" in err and "Traceback" not in err

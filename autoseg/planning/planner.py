@@ -192,7 +192,8 @@ def fit_patch_and_batch(median: Sequence[int], spacing: Sequence[float], budget:
         + (f"shrunk {shrunk} step(s) along the axis largest relative to the median until a batch of {min_batch} "
            "fitted the budget." if shrunk else f"and a batch of {min_batch} fits the budget at this size."),
         f"{net.n_stages} stages: each axis is pooled by 2 until its feature map edge would drop below {MIN_EDGE} "
-        f"(pooling per axis {fmt(np.log2(topo.divisor).astype(int))}, bottleneck {fmt(np.asarray(topo.patch_size) // topo.divisor)}); "
+        f"(pooling per axis {fmt(np.log2(topo.divisor).astype(int))}, "
+        f"bottleneck {fmt(np.asarray(topo.patch_size) // topo.divisor)}); "
         f"features {'-'.join(map(str, net.features))}, {net.arch} with {'-'.join(map(str, net.n_conv_encoder))} "
         "encoder blocks.",
         f"Batch size {batch}: the memory model allows {fits} at this patch"
@@ -213,7 +214,8 @@ def normalization(fp: Fingerprint) -> tuple[list[ChannelNormalization], list[str
     for key in sorted(fp.channel_names, key=int):
         name, stats = fp.channel_names[key], fp.intensity[int(key)]
         if name.upper() == "CT":
-            out.append(ChannelNormalization("ct", False, stats.mean, stats.std, stats.percentile_00_5, stats.percentile_99_5))
+            out.append(ChannelNormalization("ct", False, stats.mean, stats.std, stats.percentile_00_5,
+                                            stats.percentile_99_5))
             words.append(f"{name}: clip to [{stats.percentile_00_5:g}, {stats.percentile_99_5:g}], "
                          f"then (x - {stats.mean:g}) / {stats.std:g}")
         elif name.lower() == "nonorm":

@@ -23,7 +23,8 @@ SIGNATURE_KEY = "raw_signature"
 def raw_signature(raw_dir: Path) -> str:
     """Hash of the names, sizes and modification times of dataset.json and the training files."""
     h = hashlib.sha256()
-    files = [raw_dir / "dataset.json", *sorted((raw_dir / "imagesTr").glob("*")), *sorted((raw_dir / "labelsTr").glob("*"))]
+    files = [raw_dir / "dataset.json", *sorted((raw_dir / "imagesTr").glob("*")),
+             *sorted((raw_dir / "labelsTr").glob("*"))]
     for f in files:
         if f.is_file():
             st = f.stat()
