@@ -5,7 +5,8 @@ Network: the default nnU-Net BraTS topology (6 stages, 32..320 features, 3x3x3 c
 from ../shared/data/brats. Each timed run is the whole path of one case: read the four NIfTI files,
 preprocess, sliding window (half-patch overlap, Gaussian weights), restore to the original grid,
 write the segmentation. Every (TTA, precision) setting runs in its own process so its peak RSS is
-its own. The machine may be shared: the minimum and the median of ``--repeats`` runs are printed.
+its own. The machine may be shared: the minimum and the median of ``--repeats`` runs are printed,
+and the process CPU time (all threads), which contention inflates much less than wall time.
 
     python benchmarks/inference_speed.py                      # bf16 and fp32, without and with TTA
     python benchmarks/inference_speed.py --precision bf16 --tta off --repeats 3
@@ -60,6 +61,7 @@ def make_predictor(precision: str, tta: bool, seed: int = 0) -> Predictor:
 
 def run_case(predictor: Predictor, case: InputCase, out_dir: Path) -> dict[str, float]:
     """One case end to end; seconds per step."""
+    cpu0 = time.process_time()
     t = {"start": time.perf_counter()}
     images, geometry = read_input_case(case)
     t["read"] = time.perf_counter()
@@ -74,6 +76,7 @@ def run_case(predictor: Predictor, case: InputCase, out_dir: Path) -> dict[str, 
     keys = list(t)
     steps = {k: t[k] - t[p] for p, k in zip(keys, keys[1:])}
     steps["total"] = t["export"] - t["start"]
+    steps["cpu"] = time.process_time() - cpu0
     steps["tiles"] = math.prod(len(compute_steps(n, p, predictor.step))
                                for n, p in zip(data.shape[1:], predictor.config.patch_size))
     steps["preprocessed_shape"] = list(data.shape[1:])  # type: ignore[assignment]
@@ -133,10 +136,11 @@ def main() -> None:
                    "--tta", tta, "--repeats", str(args.repeats), "--threads", str(args.threads)]
             res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             totals = [r["total"] for r in res["runs"]]
+            cpu = [r["cpu"] for r in res["runs"]]
             steps = ", ".join(f"{k} {statistics.median(r[k] for r in res['runs']):.1f}"
                               for k in ("read", "preprocess", "network", "export"))
             print(f"TTA {tta:>3} {precision}: min {min(totals):.1f} s/case, median {statistics.median(totals):.1f} "
-                  f"({steps}); peak RSS {res['peak_rss_gb']:.2f} GB; preprocessed "
+                  f"({steps}); CPU time min {min(cpu):.1f} s; peak RSS {res['peak_rss_gb']:.2f} GB; preprocessed "
                   f"{res['runs'][0]['preprocessed_shape']}, {res['runs'][0]['tiles']} tiles", flush=True)
 
 

@@ -285,9 +285,9 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
         for case, loaded in _prefetch(todo):
             try:
                 images, geometry = loaded.result()
-                probs = predictor.predict(images, geometry)
+                probs = predictor.predict(images, geometry, progress)
                 pending.append(writer.submit(_export, case, probs, geometry, predictor.info, out_dir, save_probs,
-                                             postprocessing, images[0] if overlay_png else None))
+                                             postprocessing, images[-1] if overlay_png else None))
                 report.written.append(case.case_id)
             except AutosegError as e:
                 report.failed.append(f"{case.case_id}: {e}")
