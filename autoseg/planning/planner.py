@@ -289,10 +289,10 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
     explanation += ["2d (slices along axis 0): " + s for s in fit2d.sentences]
     fit3d = fit_patch_and_batch(median, spacing, budget, preset, cin, cout, base_features, max_features, dataset_voxels)
     coverage = float(np.prod(fit3d.patch_size) / np.prod(median))
+    explanation += ["3d_fullres: " + s for s in fit3d.sentences]
     lowres = _plan_lowres(shape_spacings, shapes, spacing, median, coverage, budget, preset, cin, cout, base_features,
                           max_features, dataset_voxels, explanation)
     configs["3d_fullres"] = _configuration("3d_fullres", spacing, median, fit3d, norm, batch_dice=lowres is not None)
-    explanation += ["3d_fullres: " + s for s in fit3d.sentences]
     if lowres is not None:
         lspacing, lmedian, lfit = lowres
         configs["3d_lowres"] = _configuration("3d_lowres", lspacing, lmedian, lfit, norm, batch_dice=False)
