@@ -47,8 +47,8 @@ class FoldData:
     config_dir: Path
 
 
-def load_fold_data(paths: DatasetPaths, configuration: str, fold: int | str, write_splits: bool = True) -> FoldData:
-    """Read plans.json, dataset.json and the preprocessed case list; create splits.json if missing."""
+def load_fold_data(paths: DatasetPaths, configuration: str, fold: int | str, dist: ddp.DistInfo | None = None) -> FoldData:
+    """Read plans.json, dataset.json and the preprocessed case list; splits.json is created once (by rank 0)."""
     from autoseg.preprocessing import list_preprocessed_cases
     plan = Plans.load(paths.plans_json).configuration(configuration, paths.plans_json)
     dataset_json = paths.dataset_json if paths.dataset_json.is_file() else paths.preprocessed / "dataset.json"
@@ -57,11 +57,12 @@ def load_fold_data(paths: DatasetPaths, configuration: str, fold: int | str, wri
     case_ids = list_preprocessed_cases(config_dir)
     if not case_ids:
         raise fail(config_dir, "no preprocessed cases", f"run autoseg-preprocess -c {configuration} first")
-    if write_splits:
+    if dist is None or dist.is_main:
         splits = load_or_create_splits(paths.splits_json, case_ids)
+        ddp.barrier()
     else:
-        from autoseg.data.splits import make_splits
-        splits = make_splits(case_ids)
+        ddp.barrier()  # rank 0 has written splits.json
+        splits = load_or_create_splits(paths.splits_json, case_ids)
     return FoldData(plan, info, fold_cases(splits, fold, case_ids, paths.splits_json), config_dir)
 
 
@@ -227,7 +228,7 @@ def train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options
     dist = ddp.dist_from_env()
     device = resolve_device(options.device, dist)
     ddp.init_process_group(dist, device)
-    data = load_fold_data(paths, configuration, fold, write_splits=dist.is_main)
+    data = load_fold_data(paths, configuration, fold, dist)
     fold_dir = paths.fold_dir(configuration, fold)
     log_path = fold_dir / "log.txt"
     amp = options.mixed_precision and device.type == "cuda"
@@ -243,7 +244,7 @@ def train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options
         if main:
             append_log(log_path, msg)
 
-    if log.epochs_done < options.epochs:
+    if log.epochs_done < options.epochs or not (fold_dir / "checkpoint_final.pt").is_file():
         write(f"{'resuming at' if ckpt else 'starting'} epoch {log.epochs_done} of {options.epochs}: "
               f"{configuration} fold {fold}, {len(data.split.train)} train / {len(data.split.val)} val cases, "
               f"patch {data.plan.patch_size}, batch {data.plan.batch_size} on {dist.world_size} process(es), "
