@@ -30,7 +30,7 @@ def _main(argv: Sequence[str] | None) -> int:
     add_dataset(p)
     p.add_argument("-c", "--configuration", default="3d_fullres", help="trained configuration")
     p.add_argument("-f", "--folds", nargs="+", default=None,
-                   help="folds to average (0 1 2 3 4, or all); default: every trained fold")
+                   help="folds to average (0 1 2 3 4, or all); default: every trained fold_N (fold_all if none)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final", help="which checkpoint of each fold")
     p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster)")
     p.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (0.5 = half overlap)")

@@ -169,7 +169,8 @@ class Predictor:
     @classmethod
     def from_results(cls, paths: DatasetPaths, configuration: str = "3d_fullres",
                      folds: Sequence[int | str] | None = None, checkpoint: str = "final", **kwargs) -> Predictor:
-        """Load the folds of ``results/DatasetX/CONFIG``; ``folds=None`` takes every trained fold."""
+        """Load the folds of ``results/DatasetX/CONFIG``; ``folds=None`` takes every trained cross-validation
+        fold (``fold_all``, the model trained on every case, only when there is none)."""
         if checkpoint not in CHECKPOINTS:
             raise fail(None, f"--checkpoint {checkpoint!r} unknown", f"use one of {', '.join(CHECKPOINTS)}")
         name = f"checkpoint_{checkpoint}.pt"
@@ -177,7 +178,8 @@ class Predictor:
             planned = Plans.load(paths.plans_json).configurations.get(configuration)
             kwargs["expected_configuration"] = asdict(planned) if planned is not None else None
         if folds is None:
-            found = sorted(p for p in (paths.results / configuration).glob(f"fold_*/{name}"))
+            found = sorted(p for p in (paths.results / configuration).glob(f"fold_[0-9]*/{name}"))
+            found = found or sorted((paths.results / configuration).glob(f"fold_all/{name}"))
             if not found:
                 raise fail(paths.results / configuration, f"no trained fold with {name}",
                            f"train one first: autoseg-train {configuration} fold0")

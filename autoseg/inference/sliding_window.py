@@ -76,6 +76,12 @@ def _pad_to(data: torch.Tensor, shape: Sequence[int]) -> tuple[torch.Tensor, tup
     return nn.functional.pad(data, flat), tuple(crop)
 
 
+def _window(data: torch.Tensor, item: _Item) -> torch.Tensor:
+    """The item's window of ``data`` (C, *spatial), flipped as the item says."""
+    x = data[(slice(None), *item.window)]
+    return torch.flip(x, [a + 1 for a in item.flip]) if item.flip else x
+
+
 def _forward(network: nn.Module, x: torch.Tensor, slice_mode: bool) -> torch.Tensor:
     """Logits for a batch of windows; a 2d network gets the one-slice axis squeezed away."""
     if slice_mode:
@@ -133,8 +139,7 @@ def sliding_window_logits(network: nn.Module, data: torch.Tensor, patch_size: Se
         batches = tqdm(batches, desc="windows", unit="batch", leave=False)
     with torch.inference_mode(), autocast:
         for batch in batches:
-            x = torch.stack([padded[(slice(None), *it.window)] for it in batch]).to(device, non_blocking=True)
-            x = torch.stack([torch.flip(xi, [a + 1 for a in it.flip]) if it.flip else xi for xi, it in zip(x, batch)])
+            x = torch.stack([_window(padded, it) for it in batch]).to(device, non_blocking=True)
             out = _forward(network, x, slice_mode)
             if out.shape[1] != num_outputs:
                 raise ValueError(f"network gives {out.shape[1]} outputs, {num_outputs} expected")
