@@ -82,3 +82,25 @@ def test_quick_demo_runs_the_whole_path(tmp_path: Path):
     assert len(list((opts.out / "overlays").glob("*.png"))) == opts.settings.n_test
     assert (opts.out / "report.html").read_text().count("data:image/png;base64,") == opts.settings.n_test
     assert any("[8/8]" in line for line in said) and "whole tumour" in result.describe()
+
+
+COMMANDS = ("convert", "plan", "preprocess", "train", "predict", "ensemble", "evaluate", "demo")
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_commands_page_lists_every_option(name: str, capsys):
+    """docs/commands.md is generated from --help; regenerate it (bash docs/gen_commands.sh) when this fails."""
+    import importlib
+    import re
+
+    main_fn = importlib.import_module(f"autoseg.cli.{name}").main
+    helps = []
+    for argv in (["--help"], ["brats", "--help"]) if name == "convert" else (["--help"],):
+        with pytest.raises(SystemExit):
+            main_fn(argv)
+        helps.append(capsys.readouterr().out)
+    options = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", " ".join(helps)))
+    page = (Path(__file__).resolve().parents[1] / "docs" / "commands.md").read_text()
+    section = page.split(f"## autoseg-{name}\n", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(o for o in options if o not in section)
+    assert not missing, f"docs/commands.md lacks {missing} of autoseg-{name}"

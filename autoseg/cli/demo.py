@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,9 +24,17 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (about a minute) to check an install; its Dice is meaningless")
     p.add_argument("-np", "--workers", type=int, default=2, metavar="W",
                    help="worker processes for conversion, preprocessing and data loading (default: 2)")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="torch CPU threads (default: the CPU cores left after the workers, at least 1; "
+                        "more threads than cores make training several times slower)")
     args = p.parse_args(argv)
     if args.minutes_budget <= 0:
         raise fail(None, f"--minutes-budget {args.minutes_budget} must be positive", "e.g. --minutes-budget 10")
+    if args.threads is not None and args.threads < 1:
+        raise fail(None, f"--threads {args.threads} must be at least 1", "e.g. --threads 1")
+    import torch  # here, not at the top: --help answers without loading torch
+
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - args.workers))
     home = data_root(args.home)
     opts = DemoOptions(home=home, out=args.out or home / "demo",
                        settings=DemoSettings.quick() if args.quick else DemoSettings.full(),
