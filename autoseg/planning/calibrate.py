@@ -9,7 +9,9 @@ Two counts, both exact on any device that runs the step:
   what exists before the step (parameters, momentum, the batch). It is the CPU twin of
   ``torch.cuda.max_memory_allocated`` (without cuDNN workspaces and allocator rounding).
 
-Mixed precision is measured with CPU autocast to bfloat16 (2 bytes, like float16 on CUDA).
+The loss is training's own (:class:`autoseg.training.losses.DeepSupervisionLoss` over Dice + BCE for
+regions, targets downsampled inside the step). Mixed precision is measured with CPU autocast to
+bfloat16 (2 bytes, like float16 on CUDA).
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from autoseg.network import build_network
+from autoseg.training.losses import DeepSupervisionLoss, segmentation_loss
 from autoseg.planning.plans import NetworkPlan
 
 
@@ -62,18 +64,6 @@ class _LiveStorage(TorchDispatchMode):
             self.current -= n
 
 
-def _loss(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
-    """Deep-supervised sigmoid BCE + soft Dice, weights halving per level (what training uses for regions)."""
-    total = outputs[0].new_zeros((), dtype=torch.float32)
-    for i, (o, t) in enumerate(zip(outputs, targets)):
-        o = o.float()
-        p = torch.sigmoid(o)
-        dims = tuple(range(2, o.ndim))
-        dice = (2 * (p * t).sum(dims) + 1e-5) / (p.sum(dims) + t.sum(dims) + 1e-5)
-        total = total + 0.5 ** i * (F.binary_cross_entropy_with_logits(o, t) + 1 - dice.mean())
-    return total
-
-
 def _nbytes(tensors: Sequence[torch.Tensor]) -> int:
     return sum(t.untyped_storage().nbytes() for t in tensors)
 
@@ -87,13 +77,10 @@ def measure_training_step(net_plan: NetworkPlan, patch_size: Sequence[int], batc
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.99, nesterov=True)
     for p in params:
         opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    loss_fn = DeepSupervisionLoss(segmentation_loss(region_based=True, batch_dice=False), region_based=True)
     x = torch.randn(batch_size, in_channels, *patch_size)
-    with torch.no_grad():
-        shapes = [o.shape[2:] for o in net(x[:1])]
     y = (torch.rand(batch_size, out_channels, *patch_size) > 0.5).float()
-    targets = [F.interpolate(y, size=tuple(s), mode="nearest") for s in shapes]
-    del y
-    before = _nbytes(params) + _nbytes([opt.state[p]["momentum_buffer"] for p in params]) + _nbytes([x, *targets])
+    before = _nbytes(params) + _nbytes([opt.state[p]["momentum_buffer"] for p in params]) + _nbytes([x, y])
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
     saved: dict[int, int] = {}
 
@@ -107,7 +94,7 @@ def measure_training_step(net_plan: NetworkPlan, patch_size: Sequence[int], batc
     with mode:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed_precision):
-            loss = _loss(net(x), targets)
+            loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
     return MeasuredMemory(saved_activation_bytes=sum(saved.values()), peak_bytes=before + mode.peak)
