@@ -72,7 +72,7 @@ def ensemble_folders(input_dirs: Sequence[str | Path], output_dir: str | Path,
     for d in dirs:
         if not d.is_dir():
             raise fail(d, "folder not found", "give folders written by autoseg-predict --save-probabilities")
-        ids = {p.name[:-4] for p in d.glob("*.npz")}
+        ids = {p.name[:-4] for p in d.glob("*.npz") if not p.name.startswith(".")}   # not temporaries
         if not ids:
             raise fail(d, "no probabilities (CASE.npz) found", "predict with --save-probabilities")
         ids_per_dir.append(ids)

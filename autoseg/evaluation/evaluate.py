@@ -60,7 +60,9 @@ def find_eval_cases(pred_dir: str | Path, ref_dir: str | Path) -> tuple[list[Eva
     for d, opt in ((pred_dir, "-p"), (ref_dir, "-r")):
         if not d.is_dir():
             raise fail(d, "folder not found", f"check {opt}")
-    preds = {cid: p for p in sorted(pred_dir.iterdir()) if p.is_file() and (cid := _strip(p.name))}
+    # hidden names are a killed writer's temporaries (.CASE.XXXX.tmp.nii.gz), never results
+    preds = {cid: p for p in sorted(pred_dir.iterdir())
+             if p.is_file() and not p.name.startswith(".") and (cid := _strip(p.name))}
     refs: dict[str, tuple[Path, Path | None]] = {}
     for p in sorted(ref_dir.iterdir()):
         if p.is_file() and (cid := _strip(p.name)):
