@@ -81,6 +81,8 @@ def read_input_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
             geometry = geom
         elif (problem := geometry.mismatch(geom)) is not None:
             raise fail(path, f"{problem} of the first channel", "all channels of a case must share one image grid")
+        if not image.any():   # e.g. a missing MRI sequence filled with zeros: the networks would silently guess
+            raise fail(path, "image is all zero", "re-export it; every channel the model was trained with is needed")
         images.append(image)
     assert geometry is not None
     return images, geometry
