@@ -470,6 +470,7 @@ def test_unwritable_output_folders_are_one_line(work: Path, capsys) -> None:
                                              "--home", work / "home", "-o", blocker / "ev"]),
         ("autoseg-convert", convert_main, ["brats", _brats_src(work), "-d", "8", "--home", blocker / "h", "-np", "1"]),
         ("autoseg-preprocess", preprocess_main, ["--home", work / "home", "-np", "1", "-c", "2d"]),
+        ("autoseg-train", train_main, ["3d_fullres", "fold0", "--home", work / "home", *TRAIN_ARGS]),
         ("autoseg-plan", plan_main, ["--home", work / "home", *PLAN_ARGS]),
     ]
     (_paths(work).preprocessed / "2d").write_text("")          # preprocess -c 2d: its folder is a file
@@ -477,6 +478,10 @@ def test_unwritable_output_folders_are_one_line(work: Path, capsys) -> None:
         where = blocker
         if prog == "autoseg-preprocess":
             where = _paths(work).preprocessed / "2d"
+        elif prog == "autoseg-train":      # results/DatasetX is a file: the fold folder cannot be made
+            shutil.rmtree(_paths(work).results)
+            _paths(work).results.write_text("")
+            where = _paths(work).results
         elif prog == "autoseg-plan":     # the fingerprint must be written again, into a folder that is a file
             shutil.rmtree(_paths(work).preprocessed)
             _paths(work).preprocessed.write_text("")
@@ -659,3 +664,62 @@ def test_train_refuses_unsafe_and_other_plan_checkpoints(work: Path, capsys) -> 
     line = expect_one_line(code, lines, latest, "autoseg-train")
     assert "modified" in line and snapshot(fold_dir) == before
     record("checkpoint whose metadata was edited", "autoseg-train --resume", code, lines, "fold folder unchanged", work)
+
+
+def test_full_disk_while_evaluating_and_converting_keeps_earlier_files(work: Path, capsys, monkeypatch, enospc) -> None:
+    paths = _paths(work)
+    args = ["-p", work / "pred", "-r", paths.raw / "labelsTs", "--home", work / "home", "-o", work / "ev"]
+    _quiet(evaluate_main, args)
+    before = snapshot(work / "ev", work / "pred")
+    monkeypatch.setattr(os, "fsync", enospc)
+    code, lines = run(evaluate_main, args, capsys)
+    monkeypatch.undo()
+    line = expect_one_line(code, lines, work / "ev" / "summary.json", "autoseg-evaluate")
+    assert "no space left" in line.lower() and snapshot(work / "ev", work / "pred") == before
+    record("disk full (ENOSPC) while writing", "autoseg-evaluate", code, lines,
+           "the earlier summary.json and metrics.csv", work)
+
+    src, home = _brats_src(work), work / "chome"
+    _quiet(convert_main, ["brats", src, "-d", "7", "--home", home, "-np", "1"])
+    raw = home / "raw" / "Dataset007_BraTS"
+    before = snapshot(raw)
+    write_brats_folders(src, n=1, shape=SHAPE, first_index=2)   # a new case arrives
+    monkeypatch.setattr(shutil, "copyfile", enospc)
+    code, lines = run(convert_main, ["brats", src, "-d", "7", "--home", home, "-np", "1"], capsys)
+    monkeypatch.undo()
+    line = expect_one_line(code, lines, raw, "autoseg-convert")
+    assert "no space left" in line.lower() and snapshot(raw) == before and not temporaries_in(raw)
+    record("disk full (ENOSPC) while writing", "autoseg-convert", code, lines, "the converted cases and dataset.json",
+           work)
+
+
+def temporaries_in(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*") if ".tmp" in p.name]
+
+
+def test_convert_copies_bytes_and_plan_reports_the_damaged_file(work: Path, capsys) -> None:
+    """autoseg-convert copies files byte for byte without reading voxels; the integrity check that follows
+    (autoseg-plan, or autoseg-plan --verify) names the damaged file in its converted place."""
+    src = _brats_src(work)
+    t1 = next(next(src.iterdir()).glob("*_t1.nii.gz"))
+    _truncated(t1)
+    home = work / "chome"
+    code, lines = run(convert_main, ["brats", src, "-d", "7", "--home", home, "-np", "1"], capsys)
+    assert code == 0
+    code, lines = run(plan_main, ["--home", home, "-d", "7", "--verify", "-np", "1"], capsys)
+    raw = home / "raw" / "Dataset007_BraTS"
+    assert code == 2 and any(ln.startswith(str(raw / "imagesTr")) and "_0000.nii.gz" in ln for ln in lines), lines
+    record("truncated .nii.gz in a BraTS folder (copied as is)", "autoseg-convert, then autoseg-plan --verify", code,
+           lines, "the source folder", work)
+
+
+def test_predict_all_zero_channel(work: Path, capsys) -> None:
+    paths = _paths(work)
+    inp, out = work / "in", work / "out"
+    shutil.copytree(paths.raw / "imagesTs", inp)
+    _zero(inp / "case_005_0001.nii.gz")
+    code, lines = run(predict_main, ["-i", inp, "-o", out, "--home", work / "home", *PREDICT_ARGS], capsys)
+    assert code == 2 and len(lines) == 2, lines
+    assert lines[0].startswith("failed: case_005: ") and str(inp / "case_005_0001.nii.gz") in lines[0], lines
+    assert sorted(p.name for p in out.iterdir()) == ["case_004.nii.gz"]
+    record("all-zero image", "autoseg-predict", code, lines, "the other cases are written", work)
