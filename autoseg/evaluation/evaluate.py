@@ -79,6 +79,8 @@ def find_eval_cases(pred_dir: str | Path, ref_dir: str | Path) -> tuple[list[Eva
 
 def brats_info_for(ref_dir: str | Path) -> DatasetInfo | None:
     """BraTS regions for a reference folder of BraTS-named case folders (convention from the names)."""
+    if not Path(ref_dir).is_dir():
+        return None
     for p in sorted(Path(ref_dir).iterdir()):
         if p.is_dir() and (bc := find_brats_case(p)) is not None:
             c = bc.convention

@@ -136,7 +136,7 @@ def sliding_window_logits(network: nn.Module, data: torch.Tensor, patch_size: Se
     batches = list(_batches(items, max(1, batch_size)))
     if progress:
         from tqdm import tqdm
-        batches = tqdm(batches, desc="windows", unit="batch", leave=False)
+        batches = tqdm(batches, desc="windows", unit="batch", leave=False, disable=None)  # only on a terminal
     with torch.inference_mode(), autocast:
         for batch in batches:
             x = torch.stack([_window(padded, it) for it in batch]).to(device, non_blocking=True)
