@@ -33,9 +33,10 @@ def label_colour(value: int) -> tuple[float, float, float]:
 
 def pick_slices(seg: np.ndarray, n_slices: int, ref: np.ndarray | None = None,
                 image: np.ndarray | None = None) -> list[int]:
-    """Axial (z) indices to show: spread over the tumour's extent (prediction or reference), largest
-    tumour cross-section included; without any tumour, spread over the nonzero image (or the volume)."""
-    mask = seg > 0 if ref is None else (seg > 0) | (ref > 0)
+    """Axial (z) indices to show: spread over the tumour's extent, largest cross-section included. The
+    reference's tumour when there is one (a poor prediction should not move the view), else the
+    segmentation's; without any tumour, spread over the nonzero image (or the volume)."""
+    mask = ref > 0 if ref is not None and ref.any() else seg > 0
     area = mask.reshape(mask.shape[0], -1).sum(axis=1)
     if area.any():
         z = np.flatnonzero(area)

@@ -34,6 +34,9 @@ def test_pick_slices_uses_reference_and_falls_back_to_the_image():
     ref = seg.copy()
     ref[5:8] = 1
     assert all(5 <= z <= 7 for z in pick_slices(seg, 3, ref))
+    seg[15:19] = 1  # a false positive elsewhere does not move the view off the reference tumour
+    assert all(5 <= z <= 7 for z in pick_slices(seg, 3, ref))
+    seg[:] = 0
     image = np.zeros((20, 4, 4), np.float32)
     image[12:16] = 1.0
     assert all(12 <= z <= 15 for z in pick_slices(seg, 2, None, image))
