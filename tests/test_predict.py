@@ -120,3 +120,9 @@ def test_missing_checkpoint_is_one_line(synthetic_home: Path, tmp_path: Path, ca
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "checkpoint_final.pt" in err
+
+
+def test_shards_split_the_cases(trained_home: Path, tmp_path: Path) -> None:
+    raw = trained_home / "raw" / DS / "imagesTs"
+    report = predict_folder(_predictor(trained_home), raw, tmp_path / "out", shard=(1, 2), progress=False)
+    assert report.written == ["case_007"] and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case_007.nii.gz"]
