@@ -49,8 +49,9 @@ def load_checkpoint(path: str | Path, expected_configuration: dict[str, Any] | N
     except pickle.UnpicklingError:
         raise fail(path, "refused: the checkpoint holds objects other than tensors and plain data (tampered or not "
                    "an autoseg checkpoint)", "use a checkpoint written by autoseg-train") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        raise fail(path, f"checkpoint is truncated or corrupt ({str(e).splitlines()[0][:100]})",
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:   # OSError: EINVAL when cut short
+        detail = (e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0])[:100]
+        raise fail(path, f"checkpoint is truncated or corrupt ({detail})",
                    "delete it and resume from checkpoint_latest.pt or retrain") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise fail(path, "not an autoseg checkpoint", "use a checkpoint written by autoseg-train")
