@@ -166,7 +166,10 @@ def read_header(path: str | os.PathLike) -> Geometry:
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise fail(path, f"cannot read image header ({_short_itk(e)})", "re-export or re-download this file") from None
+        detail = _short_itk(e)
+        if "Unable to determine ImageIO reader" in detail:   # ITK's words for "no format recognises these bytes"
+            detail = "not a readable image: unknown format or corrupt header"
+        raise fail(path, f"cannot read image header ({detail})", "re-export or re-download this file") from None
     geom = Geometry(tuple(int(s) for s in reader.GetSize()), tuple(reader.GetSpacing()),
                     tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
     _check_3d(path, geom.size)
