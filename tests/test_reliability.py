@@ -590,6 +590,12 @@ def test_predict_refuses_unsafe_edited_and_other_plan_checkpoints(work: Path, ca
     expect_one_line(code, lines, ckpt, "autoseg-predict")
     record("checkpoint whose metadata was edited", "autoseg-predict", code, lines, "no output", work)
 
+    ckpt.write_bytes(original[: len(original) // 2])
+    code, lines = run(predict_main, argv, capsys)
+    line = expect_one_line(code, lines, ckpt, "autoseg-predict")
+    assert "truncated or corrupt" in line
+    record("truncated checkpoint", "autoseg-predict", code, lines, "no output", work)
+
     ckpt.write_bytes(original)     # a valid checkpoint, but plans.json has changed since it was trained
     plans = json.loads(paths.plans_json.read_text())
     plans["configurations"]["3d_fullres"]["patch_size"] = [16, 16, 16]
