@@ -7,6 +7,7 @@ releases the GIL, so threads give the parallelism without spawn start-up or copi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -28,3 +29,12 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: str
         return [f.result() for f in tqdm(futures, desc=desc, unit=unit)]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ignore_interrupts() -> None:
+    """For worker processes: leave Ctrl-C to the parent, which stops them and prints the one-line message.
+
+    A terminal sends SIGINT to the whole process group; without this every worker would print its own
+    KeyboardInterrupt traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -101,6 +101,8 @@ class BatchMaker:
 
 
 def _worker(makers: dict[str, BatchMaker], tasks: mp.Queue, results: mp.Queue) -> None:
+    from autoseg.parallel import ignore_interrupts
+    ignore_interrupts()   # Ctrl-C is the parent's to handle: no traceback per worker
     while (task := tasks.get()) is not None:
         seq, key = task
         try:

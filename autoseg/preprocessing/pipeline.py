@@ -18,6 +18,7 @@ from autoseg.cli._common import shard as shard_items
 from autoseg.dataset import CaseFiles, DatasetInfo, load_dataset
 from autoseg.errors import AutosegError, ProblemList, fail
 from autoseg.io import Geometry, read_image
+from autoseg.parallel import ignore_interrupts
 from autoseg.paths import DatasetPaths
 from autoseg.planning.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case import configured_spacing, preprocess_case
@@ -168,5 +169,5 @@ def _run(tasks: list[tuple], workers: int) -> Iterator[tuple[str, str | None]]:
         yield from map(_process_args, tasks)
         return
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(workers, len(tasks)), maxtasksperchild=TASKS_PER_WORKER) as pool:
+    with ctx.Pool(min(workers, len(tasks)), initializer=ignore_interrupts, maxtasksperchild=TASKS_PER_WORKER) as pool:
         yield from pool.imap_unordered(_process_args, tasks, chunksize=1)
