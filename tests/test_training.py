@@ -194,6 +194,9 @@ def test_final_validation_writes_summary_and_csv(paths):
     assert 0 <= summary["mean"]["whole tumour"]["dice"] <= 1
     rows = (fold_dir / "validation" / "per_case.csv").read_text().splitlines()
     assert len(rows) == 1 + len(split["val"]) and "whole tumour_dice" in rows[0]
+    before = (fold_dir / "validation" / "summary.json").stat().st_mtime_ns
+    train_fold(paths, "3d_fullres", 2, TrainOptions(epochs=2, resume=True, **{**FAST, "validate": True}))
+    assert (fold_dir / "validation" / "summary.json").stat().st_mtime_ns != before  # extended run is revalidated
 
 
 def test_cli_bad_fold_and_missing_preprocessing_exit_2(paths, capsys):

@@ -39,7 +39,7 @@ from autoseg.training.validation import validate_cases
 
 @dataclass(frozen=True)
 class FoldData:
-    """Everything one fold trains from: the plan, the dataset's labels, the case split and a case loader."""
+    """Everything one fold trains from: the plan, the dataset's labels, the case split and the cases' folder."""
 
     plan: ConfigurationPlan
     info: DatasetInfo
@@ -244,13 +244,14 @@ def train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options
         if main:
             append_log(log_path, msg)
 
-    if log.epochs_done < options.epochs or not (fold_dir / "checkpoint_final.pt").is_file():
+    trains = log.epochs_done < options.epochs or not (fold_dir / "checkpoint_final.pt").is_file()
+    if trains:
         write(f"{'resuming at' if ckpt else 'starting'} epoch {log.epochs_done} of {options.epochs}: "
               f"{configuration} fold {fold}, {len(data.split.train)} train / {len(data.split.val)} val cases, "
               f"patch {data.plan.patch_size}, batch {data.plan.batch_size} on {dist.world_size} process(es), "
               f"device {device}, mixed precision {amp}")
         _train_epochs(network, optimizer, scaler, data, options, dist, device, amp, log, fold_dir, fold, write)
-    if options.validate and main and data.split.val and not (fold_dir / "validation" / "summary.json").is_file():
+    if options.validate and main and data.split.val and (trains or not (fold_dir / "validation" / "summary.json").is_file()):
         write(f"validating {len(data.split.val)} held-out case(s) with a sliding window")
         summary = validate_cases(_plain(network), data.split.val, functools.partial(_load_case, data.config_dir), data.info, data.plan, device,
                                  fold_dir / "validation")
