@@ -729,3 +729,39 @@ def test_predict_all_zero_channel(work: Path, capsys) -> None:
     assert lines[0].startswith("failed: case_005: ") and str(inp / "case_005_0001.nii.gz") in lines[0], lines
     assert sorted(p.name for p in out.iterdir()) == ["case_004.nii.gz"]
     record("all-zero image", "autoseg-predict", code, lines, "the other cases are written", work)
+
+
+def test_malformed_plans_json_is_one_line_and_plan_rewrites_it(work: Path, capsys) -> None:
+    paths = _paths(work)
+    paths.plans_json.write_text('{"dataset_name": "Dataset001_Synthetic", "configurations": {')
+    before = snapshot(paths.preprocessed, paths.results)
+    for prog, main, argv in (
+            ("autoseg-preprocess", preprocess_main, ["--home", work / "home", "-np", "1"]),
+            ("autoseg-train", train_main, ["3d_fullres", "fold1", "--home", work / "home", *TRAIN_ARGS]),
+            ("autoseg-predict", predict_main, ["-i", paths.raw / "imagesTs", "-o", work / "out", "--home", work / "home",
+                                               *PREDICT_ARGS])):
+        code, lines = run(main, argv, capsys)
+        line = expect_one_line(code, lines, paths.plans_json, prog)
+        assert "malformed JSON" in line and snapshot(paths.preprocessed, paths.results) == before
+        record("plans.json malformed", prog, code, lines, "preprocessed cases, checkpoints", work)
+    code, lines = run(plan_main, ["--home", work / "home", *PLAN_ARGS], capsys)
+    assert code == 0, lines
+    assert Plans.load(paths.plans_json).configuration("3d_fullres")   # autoseg-plan simply writes a good one again
+
+
+def test_evaluate_reports_damaged_predictions_and_scores_the_others(work: Path, capsys) -> None:
+    paths = _paths(work)
+    pred = work / "pred"
+    _truncated(pred / "case_004.nii.gz")
+    ref = paths.raw / "labelsTs"
+    code, lines = run(evaluate_main, ["-p", pred, "-r", ref, "--home", work / "home", "-o", work / "ev"], capsys)
+    failed = [ln for ln in lines if ln.startswith("failed: ")]
+    assert code == 2 and len(failed) == 1 and str(pred / "case_004.nii.gz") in failed[0] and "; " in failed[0], lines
+    assert any("1 case(s) evaluated" in ln for ln in lines), lines
+    record("truncated prediction file", "autoseg-evaluate", code, failed, "predictions, references", work)
+    _rewrite(pred / "case_005.nii.gz", lambda a, g: (np.full_like(a, 7), g))   # 7 is no label of the dataset
+    code, lines = run(evaluate_main, ["-p", pred, "-r", ref, "--home", work / "home", "-o", work / "ev"], capsys)
+    failed = [ln for ln in lines if ln.startswith("failed: ") and "case_005" in ln]
+    assert code == 2 and len(failed) == 1 and str(pred / "case_005.nii.gz") in failed[0] and "[7]" in failed[0], lines
+    record("prediction with label values not in dataset.json", "autoseg-evaluate", code, failed,
+           "predictions, references", work)
