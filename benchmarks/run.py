@@ -239,7 +239,8 @@ def report(stages: list[Stage], results: list[dict], args: argparse.Namespace, s
         "| not measured: no GPU lent in this session |",
         "",
         "Peak summed RSS of each measurement's process tree (sampled every 0.25 s; shared pages count once per "
-        "process, so an upper bound), and what each planner chose for 3d_fullres on this dataset:",
+        "process, so an upper bound), what each planner chose for 3d_fullres on this dataset, and the inference "
+        "precision (autoseg's default `auto`; nnU-Net autocasts on CUDA only):",
         "",
         "| stage | autoseg | nnU-Net v2 |",
         "|---|---|---|",
@@ -248,6 +249,9 @@ def report(stages: list[Stage], results: list[dict], args: argparse.Namespace, s
         *(f"| plan | {next((r['plan'] for r in by(s, 'autoseg') if 'plan' in r), '-')} "
           f"| {next((r['plan'] for r in by(s, 'nnunet') if 'plan' in r), '-')} |"
           for s in stages if s.name == "fingerprint_plan"),
+        *(f"| {s.name} precision | {next((r['precision'] for r in by(s, 'autoseg') if 'precision' in r), '-')} "
+          f"| {next((r['precision'] for r in by(s, 'nnunet') if 'precision' in r), '-')} |"
+          for s in stages if s.name.startswith("inference")),
     ]
     return "\n".join(out)
 

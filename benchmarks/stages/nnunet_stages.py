@@ -168,7 +168,7 @@ def inference(work: Path, case: str | None, tta: bool) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     torch.set_num_threads(c.threads())
-    out: dict = {"case": case}
+    out: dict = {"case": case, "precision": "torch.float32"}  # nnU-Net autocasts on CUDA only
     with c.timed(out):
         predictor.predict_from_files([c.case_files(work, case)], [str(out_dir / case)], save_probabilities=False,
                                      overwrite=True, num_processes_preprocessing=1,
