@@ -9,10 +9,13 @@ exactly when it exists, so a killed run leaves nothing that a rerun trusts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
+import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,9 +145,24 @@ def load_case(config_dir: Path, case_id: str, mmap: bool = True) -> Preprocessed
     if marker is None:
         raise fail(files["props"], "case is not preprocessed, unfinished or from an older version",
                    "run autoseg-preprocess for this configuration")
+    if marker.get("foreground_names") and not files["seg"].is_file():   # written with a label that is gone now
+        raise fail(files["seg"], "label array missing (the case was preprocessed with one)",
+                   f"delete {files['props'].name} next to it and rerun autoseg-preprocess, which then redoes the case")
     mode = "r" if mmap else None
-    data = np.load(files["data"], mmap_mode=mode)
-    seg = np.load(files["seg"], mmap_mode=mode) if files["seg"].is_file() else None
-    with np.load(files["fg"]) as fg:
+    with _damaged_file_is_one_line(files["data"], files["props"]):
+        data = np.load(files["data"], mmap_mode=mode)
+    with _damaged_file_is_one_line(files["seg"], files["props"]):
+        seg = np.load(files["seg"], mmap_mode=mode) if files["seg"].is_file() else None
+    with _damaged_file_is_one_line(files["fg"], files["props"]), np.load(files["fg"]) as fg:
         locations = {name: fg[f"fg{i}"].astype(np.int64) for i, name in enumerate(marker["foreground_names"])}
     return PreprocessedCase(case_id, data, seg, CaseProperties.from_dict(marker["properties"]), locations)
+
+
+@contextlib.contextmanager
+def _damaged_file_is_one_line(path: Path, marker: Path) -> Iterator[None]:
+    """A preprocessed file cut short or garbled after it was written (a partial copy, a bad disk) -> one line."""
+    try:
+        yield
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise fail(path, f"preprocessed file is truncated or corrupt ({type(e).__name__}: {str(e)[:80]})",
+                   f"delete {marker.name} next to it and rerun autoseg-preprocess, which then redoes the case") from None
