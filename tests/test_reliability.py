@@ -765,3 +765,25 @@ def test_evaluate_reports_damaged_predictions_and_scores_the_others(work: Path, 
     assert code == 2 and len(failed) == 1 and str(pred / "case_005.nii.gz") in failed[0] and "[7]" in failed[0], lines
     record("prediction with label values not in dataset.json", "autoseg-evaluate", code, failed,
            "predictions, references", work)
+
+
+def test_train_names_a_damaged_preprocessed_case(work: Path, base: Path, capsys) -> None:
+    """Preprocessed files damaged after they were written (a partial copy, a bad disk): one line, not a crash."""
+    out = _paths(work).config_dir("3d_fullres")
+    argv = ["3d_fullres", "fold1", "--home", work / "home", *TRAIN_ARGS]
+    for what, damage, pattern in (("preprocessed array truncated", _truncated, "*_data.npy"),
+                                  ("preprocessed label array deleted", _missing, "*_seg.npy")):
+        shutil.rmtree(out)
+        shutil.copytree(_paths(base).config_dir("3d_fullres"), out)
+        for p in out.glob(pattern):     # every case, so whichever the loader draws first is damaged
+            damage(p)
+        code, lines = run(train_main, argv, capsys)
+        line = expect_one_line(code, lines, out, "autoseg-train")
+        assert re.search(r"case_\d{3}_(data|seg)\.npy: ", line) and ".json next to it" in line, line
+        record(what, "autoseg-train", code, lines, "raw data; deleting the case's marker and rerunning "
+               "autoseg-preprocess redoes it", work)
+        for p in out.glob("case_*.json"):   # the fix the message gives
+            p.unlink()
+        _quiet(preprocess_main, ["--home", work / "home", "-np", "1"])
+        for p in _paths(base).config_dir("3d_fullres").iterdir():
+            assert (out / p.name).read_bytes() == p.read_bytes(), p.name
