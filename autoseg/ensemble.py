@@ -8,6 +8,8 @@ images. Cases present in only some folders are reported and skipped; finished ou
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,7 @@ def load_probabilities(path: str | Path) -> SavedProbabilities:
             probs, meta = z["probabilities"], json.loads(str(z["meta"]))
         return SavedProbabilities(probs, Geometry.from_dict(meta["geometry"]),
                                   DatasetInfo.from_dict(meta["dataset"], path), meta.get("convention"))
-    except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile, zlib.error) as e:
         raise fail(path, f"not a readable probabilities file ({type(e).__name__})",
                    "rerun autoseg-predict --save-probabilities for this case") from None
 
