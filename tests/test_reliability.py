@@ -787,3 +787,26 @@ def test_train_names_a_damaged_preprocessed_case(work: Path, base: Path, capsys)
         _quiet(preprocess_main, ["--home", work / "home", "-np", "1"])
         for p in _paths(base).config_dir("3d_fullres").iterdir():
             assert (out / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def test_ensemble_refuses_pickled_and_truncated_probabilities(work: Path, capsys) -> None:
+    from autoseg.cli.ensemble import main as ensemble_main
+    paths = _paths(work)
+    a, b = work / "a", work / "b"
+    _quiet(predict_main, ["-i", paths.raw / "imagesTs", "-o", a, "--home", work / "home", *PREDICT_ARGS,
+                          "--save-probabilities"])
+    shutil.copytree(a, b)
+    marker = work / "PWNED"
+    with np.load(b / "case_004.npz") as z:
+        arrays = dict(z)
+    arrays["probabilities"] = np.array([_Payload(marker)], dtype=object)
+    np.savez(b / "case_004.npz", **arrays)        # unpickling it would run the payload
+    _truncated(b / "case_005.npz")
+    before = snapshot(a, b)
+    code, lines = run(ensemble_main, ["-i", a, b, "-o", work / "ens"], capsys)
+    assert not marker.exists() and snapshot(a, b) == before
+    failed = [ln for ln in lines if ln.startswith("failed: ")]
+    assert code == 2 and len(failed) == 2, lines
+    assert str(b / "case_004.npz") in failed[0] and str(b / "case_005.npz") in failed[1], lines
+    record("probabilities .npz holding a pickled object / truncated", "autoseg-ensemble", code, lines,
+           "the payload never runs; the input folders", work)
