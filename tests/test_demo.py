@@ -14,9 +14,10 @@ from autoseg.demo import (DemoOptions, DemoSettings, clear_previous_demo, conver
 
 
 def test_epochs_fit_the_budget():
-    assert epochs_within_budget(600, 100, 40, 60, 50) == 11          # (600 - 100 - 60) / 40
-    assert epochs_within_budget(600, 100, 40, 60, 5) == 5            # capped by the settings
-    assert epochs_within_budget(60, 100, 40, 6, 5) == 1              # over budget already: still one epoch
+    assert epochs_within_budget(600, 100, 40, 60, 50, margin=1.0) == 11   # (600 - 100 - 60) / 40
+    assert epochs_within_budget(600, 100, 40, 60, 50, margin=1.1) == 10   # 440 / 44
+    assert epochs_within_budget(600, 100, 40, 60, 5) == 5                 # capped by the settings
+    assert epochs_within_budget(60, 100, 40, 6, 5) == 1                   # over budget already: still one epoch
     assert epochs_within_budget(600, 0, 0, 0, 7) == 7
 
 
