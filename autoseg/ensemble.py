@@ -43,6 +43,9 @@ def load_probabilities(path: str | Path) -> SavedProbabilities:
         return SavedProbabilities(probs, Geometry.from_dict(meta["geometry"]),
                                   DatasetInfo.from_dict(meta["dataset"], path), meta.get("convention"))
     except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile, zlib.error) as e:
+        if "allow_pickle" in str(e):   # numpy refused to unpickle an object array: never loaded
+            raise fail(path, "refused: holds pickled Python objects, not plain arrays (tampered or not from autoseg)",
+                       "rerun autoseg-predict --save-probabilities for this case") from None
         raise fail(path, f"not a readable probabilities file ({type(e).__name__})",
                    "rerun autoseg-predict --save-probabilities for this case") from None
 
