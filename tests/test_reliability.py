@@ -807,6 +807,6 @@ def test_ensemble_refuses_pickled_and_truncated_probabilities(work: Path, capsys
     assert not marker.exists() and snapshot(a, b) == before
     failed = [ln for ln in lines if ln.startswith("failed: ")]
     assert code == 2 and len(failed) == 2, lines
-    assert str(b / "case_004.npz") in failed[0] and str(b / "case_005.npz") in failed[1], lines
+    assert str(b / "case_004.npz") in failed[0] and "refused" in failed[0] and str(b / "case_005.npz") in failed[1], lines
     record("probabilities .npz holding a pickled object / truncated", "autoseg-ensemble", code, lines,
            "the payload never runs; the input folders", work)
