@@ -810,3 +810,23 @@ def test_ensemble_refuses_pickled_and_truncated_probabilities(work: Path, capsys
     assert str(b / "case_004.npz") in failed[0] and "refused" in failed[0] and str(b / "case_005.npz") in failed[1], lines
     record("probabilities .npz holding a pickled object / truncated", "autoseg-ensemble", code, lines,
            "the payload never runs; the input folders", work)
+
+
+def test_bad_splits_and_postprocessing_json_are_one_line(work: Path, capsys) -> None:
+    paths = _paths(work)
+    train = ["3d_fullres", "fold0", "--home", work / "home", *TRAIN_ARGS]
+    for what, text in (("splits.json of the wrong form", '[{"train": 5}]'),
+                       ("splits.json naming an unknown case", '[{"train": ["case_000", "nope"], "val": ["case_001"]}]')):
+        paths.splits_json.write_text(text)
+        code, lines = run(train_main, train, capsys)
+        expect_one_line(code, lines, paths.splits_json, "autoseg-train")
+        assert paths.splits_json.read_text() == text and not paths.fold_dir("3d_fullres", 0).joinpath(
+            "checkpoint_latest.pt").exists()
+        record(what, "autoseg-train", code, lines, "splits.json as it was; nothing trained", work)
+    bad = work / "post.json"
+    bad.write_text('{"largest_component": ')
+    code, lines = run(predict_main, ["-i", paths.raw / "imagesTs", "-o", work / "out", "--home", work / "home",
+                                     *PREDICT_ARGS, "--postprocess", bad], capsys)
+    expect_one_line(code, lines, bad, "autoseg-predict")
+    assert not (work / "out").exists()
+    record("--postprocess JSON malformed", "autoseg-predict", code, lines, "no output written", work)
