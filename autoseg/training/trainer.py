@@ -251,9 +251,11 @@ def train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options
               f"patch {data.plan.patch_size}, batch {data.plan.batch_size} on {dist.world_size} process(es), "
               f"device {device}, mixed precision {amp}")
         _train_epochs(network, optimizer, scaler, data, options, dist, device, amp, log, fold_dir, fold, write)
-    if options.validate and main and data.split.val and (trains or not (fold_dir / "validation" / "summary.json").is_file()):
+    validated = (fold_dir / "validation" / "summary.json").is_file()
+    if options.validate and main and data.split.val and (trains or not validated):
         write(f"validating {len(data.split.val)} held-out case(s) with a sliding window")
-        summary = validate_cases(_plain(network), data.split.val, functools.partial(_load_case, data.config_dir), data.info, data.plan, device,
+        load = functools.partial(_load_case, data.config_dir)
+        summary = validate_cases(_plain(network), data.split.val, load, data.info, data.plan, device,
                                  fold_dir / "validation")
         for region, metrics in summary["mean"].items():
             write(f"validation mean {region}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
