@@ -72,8 +72,10 @@ def find_eval_cases(pred_dir: str | Path, ref_dir: str | Path) -> tuple[list[Eva
     if not preds:
         raise fail(pred_dir, "no predictions (CASE.nii.gz) found", "check -p")
     cases = [EvalCase(cid, preds[cid], *refs[cid]) for cid in sorted(preds) if cid in refs]
-    problems = [f"{preds[c]}: no reference {c}.nii.gz in {ref_dir}" for c in sorted(preds) if c not in refs]
-    problems += [f"{refs[c][0]}: reference has no prediction in {pred_dir}" for c in sorted(refs) if c not in preds]
+    problems = [f"{preds[c]}: no reference {c}.nii.gz in {ref_dir}; check -r, or remove this prediction"
+                for c in sorted(preds) if c not in refs]
+    problems += [f"{refs[c][0]}: reference has no prediction in {pred_dir}; predict this case (autoseg-predict), "
+                 "the summary covers only the cases evaluated" for c in sorted(refs) if c not in preds]
     return cases, problems
 
 
