@@ -51,12 +51,12 @@ def brats_plan() -> ConfigurationPlan:
                              [ChannelNormalization("zscore", True)] * 4, 0.0)
 
 
-def make_predictor(precision: str, tta: bool, seed: int = 0) -> Predictor:
+def make_predictor(precision: str, tta: bool, seed: int = 0, compile: bool = False) -> Predictor:
     info = DatasetInfo.from_dict(dataset_json_for("brats2020", 1, "bench"))
     plan = brats_plan()
     torch.manual_seed(seed)
     net = build_network(plan.network, 4, info.num_outputs, deep_supervision=False).eval()
-    return Predictor(plan, info, [net], mirroring=tta, compute_dtype=DTYPES[precision])
+    return Predictor(plan, info, [net], mirroring=tta, compute_dtype=DTYPES[precision], compile=compile)
 
 
 def run_case(predictor: Predictor, case: InputCase, out_dir: Path) -> dict[str, float]:
@@ -86,7 +86,7 @@ def run_case(predictor: Predictor, case: InputCase, out_dir: Path) -> dict[str, 
 def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     case = find_input_cases(args.case, 4)[0]
-    predictor = make_predictor(args.precision, args.tta == "on")
+    predictor = make_predictor(args.precision, args.tta == "on", compile=args.compile)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--tta", nargs="+", choices=["off", "on"], default=["off", "on"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the network (compile time is in run 1)")
     ap.add_argument("--accuracy", action="store_true", help="compare bf16 with fp32 instead of timing")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -134,12 +135,14 @@ def main() -> None:
         for precision in args.precision:
             cmd = [sys.executable, __file__, "--child", "--case", str(args.case), "--precision", precision,
                    "--tta", tta, "--repeats", str(args.repeats), "--threads", str(args.threads)]
+            cmd += ["--compile"] if args.compile else []
             res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             totals = [r["total"] for r in res["runs"]]
             cpu = [r["cpu"] for r in res["runs"]]
             steps = ", ".join(f"{k} {statistics.median(r[k] for r in res['runs']):.1f}"
                               for k in ("read", "preprocess", "network", "export"))
-            print(f"TTA {tta:>3} {precision}: min {min(totals):.1f} s/case, median {statistics.median(totals):.1f} "
+            label = f"{precision}{' compiled' if args.compile else ''}"
+            print(f"TTA {tta:>3} {label}: min {min(totals):.1f} s/case, median {statistics.median(totals):.1f} "
                   f"({steps}); CPU time min {min(cpu):.1f} s; peak RSS {res['peak_rss_gb']:.2f} GB; preprocessed "
                   f"{res['runs'][0]['preprocessed_shape']}, {res['runs'][0]['tiles']} tiles", flush=True)
 

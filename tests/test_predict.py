@@ -126,3 +126,17 @@ def test_shards_split_the_cases(trained_home: Path, tmp_path: Path) -> None:
     raw = trained_home / "raw" / DS / "imagesTs"
     report = predict_folder(_predictor(trained_home), raw, tmp_path / "out", shard=(1, 2), progress=False)
     assert report.written == ["case_007"] and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case_007.nii.gz"]
+
+
+def test_compile_failure_falls_back_to_eager(trained_home: Path, monkeypatch, capsys) -> None:
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: Broken())
+    small = replace(tiny_plan(), patch_size=[16, 16, 16])
+    eager = replace(_predictor(trained_home), config=small)
+    compiled = replace(_predictor(trained_home), config=small, compile=True)
+    data = torch.randn(4, 16, 16, 16)
+    torch.testing.assert_close(compiled.logits(data), eager.logits(data))
+    assert not compiled.compile and "torch.compile unavailable" in capsys.readouterr().err

@@ -38,6 +38,9 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="network arithmetic: auto = bf16 on CPUs that support it, fp16 on CUDA, else fp32")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks: ~1.6x less CPU time per window after a one-off compile "
+                        "(about 1-2 min, cached on disk); worth it for TTA or many cases")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz for autoseg-ensemble")
     p.add_argument("--postprocess", default=None, metavar="FILE", help="postprocessing.json to apply")
     p.add_argument("--shard", default=None, help="i/n: only every n-th case starting at i (0-based), for job arrays")
@@ -53,7 +56,7 @@ def _main(argv: Sequence[str] | None) -> int:
     folds = None if args.folds is None else [f if f == "all" else int(f) for f in args.folds]
     predictor = Predictor.from_results(dataset_paths(args), args.configuration, folds, args.checkpoint,
                                        device=args.device, precision=args.precision, mirroring=not args.no_tta,
-                                       step=args.step, batch_size=args.batch_size)
+                                       step=args.step, batch_size=args.batch_size, compile=args.compile)
     report = predict_folder(predictor, args.input, args.output, args.save_probabilities, post, shard, args.png)
     return print_report(report, args.output)
 

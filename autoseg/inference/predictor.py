@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -145,6 +146,8 @@ class Predictor:
     step: float = 0.5
     batch_size: int = 1
     compute_dtype: torch.dtype | None = None
+    compile: bool = False
+    _compiled: dict[int, nn.Module] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], device: str = "auto", precision: str = "auto",
@@ -195,14 +198,31 @@ class Predictor:
     def logits(self, data: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """Fold-averaged logits (num_outputs, *preprocessed shape) of a preprocessed case."""
         total = None
-        for net in self.networks:
+        for i, net in enumerate(self.networks):
             with eval_mode(net):
-                out = sliding_window_logits(net, data, self.config.patch_size, self.info.num_outputs,
-                                            self.mirror_axes, self.step, self.batch_size, self.device,
-                                            self.compute_dtype, progress=progress)
+                out = self._fold_logits(i, data, progress)
             total = out if total is None else total.add_(out)
         assert total is not None
         return total.div_(len(self.networks))
+
+    def _fold_logits(self, i: int, data: torch.Tensor, progress: bool) -> torch.Tensor:
+        def run(net: nn.Module) -> torch.Tensor:
+            return sliding_window_logits(net, data, self.config.patch_size, self.info.num_outputs, self.mirror_axes,
+                                         self.step, self.batch_size, self.device, self.compute_dtype,
+                                         progress=progress)
+        if not self.compile:
+            return run(self.networks[i])
+        first = i not in self._compiled
+        if first:
+            self._compiled[i] = torch.compile(self.networks[i], dynamic=False)
+        try:
+            return run(self._compiled[i])
+        except Exception as e:  # noqa: BLE001 - no compiler / unsupported op: eager is always correct
+            if not first:
+                raise
+            print(f"autoseg: torch.compile unavailable ({type(e).__name__}); predicting without it", file=sys.stderr)
+            self.compile = False
+            return run(self.networks[i])
 
     def predict(self, images: list[np.ndarray], geometry: Geometry, progress: bool = False) -> np.ndarray:
         """Probabilities (num_outputs, *original zyx) float32 for raw channels in their own grid."""
