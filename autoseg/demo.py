@@ -186,7 +186,7 @@ def train_within_budget(paths: DatasetPaths, opts: DemoOptions, elapsed_s: float
     epochs = epochs_within_budget(budget_s, elapsed_s + epoch_s, epoch_s, RESERVE_SHARE * budget_s, max_epochs)
     say(f"    1 epoch took {epoch_s:.0f} s; training {epochs} epoch(s) in all to stay within "
         f"{opts.minutes_budget:g} min")
-    if epochs > 1:
+    if max_epochs > 1:  # trains the remaining epochs (none when the budget allows only one), then validates
         fold_dir = train(paths, opts, epochs, resume=True)
     return fold_dir, epochs
 

@@ -72,8 +72,10 @@ def test_cli_refuses_a_foreign_output_folder(tmp_path: Path, capsys):
 
 @pytest.mark.slow
 def test_quick_demo_runs_the_whole_path(tmp_path: Path):
-    """The reduced demo end to end: every artefact exists and the report embeds the overlays."""
-    opts = DemoOptions(home=tmp_path / "home", out=tmp_path / "out", settings=DemoSettings.quick(), workers=1)
+    """The reduced demo end to end: every artefact exists and the report embeds the overlays. A budget
+    too small for a second epoch stops training after the measuring one, which is still validated."""
+    opts = DemoOptions(home=tmp_path / "home", out=tmp_path / "out", settings=replace(DemoSettings.quick(), epochs=2),
+                       minutes_budget=0.05, workers=1)
     said: list[str] = []
     result = run_demo(opts, say=said.append)
     assert set(result.dice) == {"whole tumour", "tumour core", "enhancing tumour"}
@@ -83,6 +85,7 @@ def test_quick_demo_runs_the_whole_path(tmp_path: Path):
     assert len(list((opts.out / "overlays").glob("*.png"))) == opts.settings.n_test
     assert (opts.out / "report.html").read_text().count("data:image/png;base64,") == opts.settings.n_test
     assert any("[8/8]" in line for line in said) and "whole tumour" in result.describe()
+    assert (result.artefacts["trained fold"] / "validation" / "summary.json").is_file()
 
 
 COMMANDS = ("convert", "plan", "preprocess", "train", "predict", "ensemble", "evaluate", "demo")
