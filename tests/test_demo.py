@@ -108,3 +108,16 @@ def test_commands_page_lists_every_option(name: str, capsys):
     section = page.split(f"## autoseg-{name}\n", 1)[1].split("\n## ", 1)[0]
     missing = sorted(o for o in options if o not in section)
     assert not missing, f"docs/commands.md lacks {missing} of autoseg-{name}"
+
+
+def test_readme_and_docs_links_resolve():
+    """Every relative link in README.md and docs/*.md points at a file that exists."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    broken = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)", page.read_text()):
+            if not target.startswith(("http://", "https://", "mailto:")) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(root)} -> {target}")
+    assert not broken, broken
