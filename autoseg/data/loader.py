@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from autoseg.data.augmentation import AugmentationParams, augment, no_augmentation, training_transforms
-from autoseg.data.sampling import is_forced_foreground, sample_patch
+from autoseg.data.augmentation import AugmentationParams, no_augmentation, training_transforms
+from autoseg.data.sampling import crop_padded, is_forced_foreground, patch_location
 from autoseg.dataset import DatasetInfo
 
 
@@ -86,27 +86,59 @@ class BatchMaker:
         rng = np.random.default_rng([self.seed, _STREAM_IDS[key.stream], key.epoch, key.iteration, index])
         case = self._case(self.case_ids[int(rng.integers(len(self.case_ids)))])
         forced = is_forced_foreground(index, self.batch_size, self.oversample)
-        data, seg = sample_patch(case.data, case.seg, case.fg_locations, self.initial_patch_size, forced, rng)
-        if self.aug.masked_channels:  # outside the nonzero (brain) mask -> -1, zeroed again after augmentation
-            seg[(seg == 0) & (data == 0).all(0, keepdims=True)] = -1
+        z, lower = patch_location(case.seg.shape, case.fg_locations, self.initial_patch_size, forced, rng)
+        source_data, source_seg = (case.data, case.seg) if z is None else (case.data[:, z], case.seg[z])
+        masked = bool(self.aug.masked_channels)
+
+        def crop(offset: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """The part of the initial patch the augmentation reads, straight from the (memory-mapped) case."""
+            data = crop_padded(source_data, lower + offset, size, 0.0).astype(np.float32, copy=False)
+            seg = crop_padded(source_seg[None], lower + offset, size, -1).astype(np.int8, copy=False)
+            if masked:  # outside the nonzero (brain) mask -> -1, zeroed again after augmentation
+                seg[(seg == 0) & (data == 0).all(0, keepdims=True)] = -1
+            return data, seg
+
         if self._pipeline is None:
             self._pipeline = training_transforms(self.aug) if self.augment else no_augmentation(self.aug)
-        data, seg = augment(self._pipeline, data, seg, int(rng.integers(2**31)))
+        data, seg = self._pipeline(crop, self.initial_patch_size, int(rng.integers(2**31)))
         target = self.info.targets_from_label(seg[0])
         return data, (target if self.info.region_based else target[None])
 
-    def batch(self, key: BatchKey) -> Batch:
-        samples = [self.sample(key, j) for j in self.sample_indices]
-        return Batch(np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples]))
+    def batch(self, key: BatchKey, alloc: Callable[[tuple[int, ...], Any], np.ndarray] = np.empty) -> Batch:
+        """The batch ``key``; ``alloc(shape, dtype)`` makes its two arrays (workers: shared memory)."""
+        data = target = None
+        for i, j in enumerate(self.sample_indices):
+            d, t = self.sample(key, j)
+            if data is None:
+                n = len(self.sample_indices)
+                data, target = alloc((n, *d.shape), d.dtype), alloc((n, *t.shape), t.dtype)
+            data[i], target[i] = d, t
+        return Batch(data, target)
+
+
+def _shared_batch(maker: BatchMaker, key: BatchKey) -> tuple[Any, Any]:
+    """The batch as two torch tensors in shared memory: the queue then passes handles, not 80 MB of pickle."""
+    import torch
+    tensors = []
+
+    def alloc(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        tensors.append(torch.from_numpy(np.empty(0, dtype)).new_empty(shape).share_memory_())
+        return tensors[-1].numpy()
+
+    maker.batch(key, alloc)
+    return tensors[0], tensors[1]
 
 
 def _worker(makers: dict[str, BatchMaker], tasks: mp.Queue, results: mp.Queue) -> None:
+    import torch
+
     from autoseg.parallel import ignore_interrupts
     ignore_interrupts()   # Ctrl-C is the parent's to handle: no traceback per worker
+    torch.set_num_threads(1)  # one thread per worker: N workers on N cores do not oversubscribe
     while (task := tasks.get()) is not None:
         seq, key = task
         try:
-            results.put((seq, makers[key.stream].batch(key), None))
+            results.put((seq, _shared_batch(makers[key.stream], key), None))
         except Exception:  # noqa: BLE001 - reported to the parent, which raises
             results.put((seq, None, traceback.format_exc()))
 
@@ -160,14 +192,14 @@ class BatchStream:
         while pending:
             want = pending.popleft()
             while want not in done:
-                seq, batch, error = self._get()
+                seq, tensors, error = self._get()
                 if error:
                     raise RuntimeError(f"data loading worker failed:\n{error}")
-                done[seq] = batch
+                done[seq] = Batch(tensors[0].numpy(), tensors[1].numpy())
             submit()
             yield done.pop(want)
 
-    def _get(self) -> tuple[int, Batch | None, str | None]:
+    def _get(self) -> tuple[int, Any, str | None]:
         while True:
             try:
                 return self._results.get(timeout=5)

@@ -51,12 +51,29 @@ def crop_padded(array: np.ndarray, lower: Sequence[int], patch: Sequence[int], p
     lower = np.asarray(lower)
     upper = lower + np.asarray(patch)
     src = tuple(slice(max(0, lo), min(s, up)) for lo, up, s in zip(lower, upper, spatial))
+    lead = (slice(None),) * (array.ndim - len(patch))
+    if all(s.start == lo and s.stop == up for s, lo, up in zip(src, lower, upper)):  # inside: one copy
+        return np.array(array[lead + src])
     out = np.full((*array.shape[:-len(patch)], *patch), pad_value, dtype=array.dtype)
     dst = tuple(slice(s.start - lo, s.stop - lo) for s, lo in zip(src, lower))
-    lead = (slice(None),) * (array.ndim - len(patch))
     if all(s.stop > s.start for s in src):
         out[lead + dst] = array[lead + src]
     return out
+
+
+def patch_location(shape: Sequence[int], fg_locations: Mapping[str, np.ndarray], patch: Sequence[int], forced: bool,
+                   rng: np.random.Generator) -> tuple[int | None, np.ndarray]:
+    """Where to cut a patch from a case of spatial ``shape``: (slice along axis 0 or None, lower corner).
+
+    A 2-axis ``patch`` samples a slice along axis 0 first (the foreground voxel's slice when forced).
+    """
+    voxel = pick_foreground_voxel(fg_locations, rng) if forced else None
+    z = None
+    if len(patch) == 2:
+        z = int(voxel[0]) if voxel is not None else int(rng.integers(shape[0]))
+        shape = shape[1:]
+        voxel = voxel[1:] if voxel is not None else None
+    return z, patch_lower_corner(shape, patch, rng, voxel)
 
 
 def sample_patch(data: np.ndarray, seg: np.ndarray, fg_locations: Mapping[str, np.ndarray], patch: Sequence[int],
@@ -65,12 +82,9 @@ def sample_patch(data: np.ndarray, seg: np.ndarray, fg_locations: Mapping[str, n
 
     A 2-axis ``patch`` samples a slice along axis 0 first (the foreground voxel's slice when forced).
     """
-    voxel = pick_foreground_voxel(fg_locations, rng) if forced else None
-    if len(patch) == 2:
-        z = int(voxel[0]) if voxel is not None else int(rng.integers(seg.shape[0]))
+    z, lower = patch_location(seg.shape, fg_locations, patch, forced, rng)
+    if z is not None:
         data, seg = data[:, z], seg[z]
-        voxel = voxel[1:] if voxel is not None else None
-    lower = patch_lower_corner(seg.shape, patch, rng, voxel)
     out_data = crop_padded(data, lower, patch, 0.0).astype(np.float32, copy=False)
     out_seg = crop_padded(seg[None], lower, patch, -1).astype(np.int8, copy=False)
     return out_data, out_seg
