@@ -216,7 +216,12 @@ class Predictor:
         if first:
             self._compiled[i] = torch.compile(self.networks[i], dynamic=False)
         try:
-            return run(self._compiled[i])
+            if not first:
+                return run(self._compiled[i])
+            # the first call compiles; freezing lets inductor pre-pack the conv weights for oneDNN
+            import torch._inductor.config as inductor_config
+            with inductor_config.patch(freezing=True):
+                return run(self._compiled[i])
         except Exception as e:  # noqa: BLE001 - no compiler / unsupported op: eager is always correct
             if not first:
                 raise
