@@ -278,7 +278,8 @@ def main() -> None:
                    help="1 run per stage, fewer batches, no TTA inference unless named in --stages")
     p.add_argument("--note", default="", help="free text for the table header, e.g. 'shared machine'")
     p.add_argument("--keep", type=Path, default=None,
-                   help="an earlier results-*.json whose stages not run now go into the table too")
+                   help="an earlier results-*.json whose stages not run now go into the table too "
+                        "(re-read at every save, so it may belong to an invocation still running)")
     p.add_argument("--no-doc", action="store_true", help="print the table, leave docs/performance.md alone")
     args = p.parse_args()
     names = args.stages.split(",")
@@ -296,16 +297,19 @@ def main() -> None:
     ensure_nnunet()
     out = WORK / f"results-{started:%Y%m%dT%H%M%S}.json"
 
-    kept = [r for r in json.loads(args.keep.read_text())["results"] if r["stage"] not in names] if args.keep else []
+    def kept() -> list[dict]:
+        """--keep's other stages, re-read at every save: an invocation still running on that file
+        (another stage being measured) adds its later results instead of being dropped."""
+        return [r for r in json.loads(args.keep.read_text())["results"] if r["stage"] not in names] if args.keep else []
 
     def save(results: list[dict]) -> None:
-        results = kept + results
+        results = kept() + results
         out.write_text(json.dumps({"argv": sys.argv, "started": started.isoformat(), "results": results}, indent=1))
         done = [s for s in STAGES if any(r["stage"] == s.name for r in results)]
         if not args.no_doc:
             write_doc(report(done, results, args, started))
 
-    results = kept + measure(stages, args.repeats, args.slow_repeats, args.quick, save)
+    results = kept() + measure(stages, args.repeats, args.slow_repeats, args.quick, save)
     print(report([s for s in STAGES if any(r["stage"] == s.name for r in results)], results, args, started))
     if not args.no_doc:
         print(f"\nwrote {DOC.relative_to(REPO)}; raw results {out.relative_to(REPO)}")

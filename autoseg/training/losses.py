@@ -45,9 +45,9 @@ class DiceBCELoss(nn.Module):
         self.batch_dice = batch_dice
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        target = target.float()
-        dice = soft_dice_loss(torch.sigmoid(logits.float()), target, self.batch_dice)
-        return F.binary_cross_entropy_with_logits(logits.float(), target) + dice
+        logits, target = logits.float(), target.float()  # no copies when already float32
+        dice = soft_dice_loss(torch.sigmoid(logits), target, self.batch_dice)
+        return F.binary_cross_entropy_with_logits(logits, target) + dice
 
 
 class DiceCELoss(nn.Module):
@@ -59,10 +59,11 @@ class DiceCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         idx = target[:, 0].long()
-        probs = torch.softmax(logits.float(), 1)
+        logits = logits.float()
+        probs = torch.softmax(logits, 1)
         onehot = F.one_hot(idx, logits.shape[1]).movedim(-1, 1).float()
         dice = soft_dice_loss(probs[:, 1:], onehot[:, 1:], self.batch_dice)
-        return F.cross_entropy(logits.float(), idx) + dice
+        return F.cross_entropy(logits, idx) + dice
 
 
 def segmentation_loss(region_based: bool, batch_dice: bool) -> nn.Module:
@@ -80,12 +81,34 @@ def deep_supervision_weights(n_outputs: int) -> list[float]:
 
 def downsample_target(target: torch.Tensor, size: Sequence[int], region_based: bool) -> torch.Tensor:
     """Target at a coarser output's size: max-pooling for region masks (a region stays visible),
-    nearest neighbour for class indices."""
+    nearest neighbour for class indices. Integer factors take the cheap exact route (max_pool with
+    kernel = stride, strided slicing), others the adaptive/interpolating one."""
     if tuple(target.shape[2:]) == tuple(size):
         return target
+    shape = target.shape[2:]
+    if all(s % n == 0 for s, n in zip(shape, size)):
+        factors = [s // n for s, n in zip(shape, size)]
+        if not region_based:
+            return target[(slice(None), slice(None), *(slice(None, None, f) for f in factors))]
+        pool = F.max_pool3d if len(size) == 3 else F.max_pool2d
+        return pool(target.float(), factors, factors)
     if region_based:
         return F.adaptive_max_pool3d(target.float(), size) if len(size) == 3 else F.adaptive_max_pool2d(target.float(), size)
     return F.interpolate(target.float(), size=tuple(size), mode="nearest")
+
+
+def downsample_targets(target: torch.Tensor, sizes: Sequence[Sequence[int]], region_based: bool) -> list[torch.Tensor]:
+    """The target at every size (finest first), each level pooled from the previous one: max over
+    nested windows is the max over the whole window, nearest of nearest is nearest, so the result
+    equals downsampling the full target for integer factors, at a fraction of the reads."""
+    out, current = [], target.float() if region_based else target
+    for size in sizes:
+        prev = current
+        if not all(s % n == 0 for s, n in zip(prev.shape[2:], size)):
+            prev = target.float() if region_based else target
+        current = downsample_target(prev, size, region_based)
+        out.append(current)
+    return out
 
 
 class DeepSupervisionLoss(nn.Module):
@@ -104,7 +127,8 @@ class DeepSupervisionLoss(nn.Module):
         if isinstance(outputs, torch.Tensor):
             return self.loss(outputs, target)
         weights = deep_supervision_weights(len(outputs))
+        targets = downsample_targets(target, [out.shape[2:] for out in outputs], self.region_based)
         total = outputs[0].new_zeros((), dtype=torch.float32)
-        for w, out in zip(weights, outputs):
-            total = total + w * self.loss(out, downsample_target(target, out.shape[2:], self.region_based))
+        for w, out, t in zip(weights, outputs, targets):
+            total = total + w * self.loss(out, t)
         return total
