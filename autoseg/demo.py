@@ -23,7 +23,7 @@ DEMO_NAME = "DemoBraTS"
 CONFIGURATION = "3d_fullres"
 FOLD = 0
 MARKER = ".autoseg-demo"
-EPOCH_TIME_MARGIN = 1.1    # later epochs may be slower than the measured first one on a busy machine
+EPOCH_TIME_MARGIN = 1.05   # later epochs may be slower than the measured first one on a busy machine
 RESERVE_SHARE = 0.05       # of the budget, kept for validation, prediction, evaluation and pictures
 Say = Callable[[str], None]
 
@@ -119,13 +119,11 @@ def mark(folder: Path) -> None:
     (folder / MARKER).write_text("written by autoseg-demo; the next autoseg-demo run deletes this folder\n")
 
 
-def epochs_within_budget(budget_s: float, elapsed_s: float, epoch_s: float, reserve_s: float, max_epochs: int,
-                         margin: float = EPOCH_TIME_MARGIN) -> int:
-    """How many epochs fit: the time left after ``reserve_s`` (prediction, evaluation) divided by the
-    measured seconds per epoch times ``margin`` (a shared machine slows down), between 1 and ``max_epochs``."""
+def epochs_within_budget(time_left_s: float, epoch_s: float, max_epochs: int, margin: float = EPOCH_TIME_MARGIN) -> int:
+    """How many more epochs of ``epoch_s`` seconds (times ``margin``) fit in ``time_left_s``: 0 to ``max_epochs``."""
     if epoch_s <= 0:
         return max_epochs
-    return max(1, min(max_epochs, math.floor((budget_s - elapsed_s - reserve_s) / (epoch_s * margin))))
+    return max(0, min(max_epochs, math.floor(time_left_s / (epoch_s * margin))))
 
 
 # ---- steps ----------------------------------------------------------------------------------------
@@ -176,16 +174,24 @@ def train(paths: DatasetPaths, opts: DemoOptions, epochs: int, resume: bool, val
 
 
 def train_within_budget(paths: DatasetPaths, opts: DemoOptions, elapsed_s: float, say: Say) -> tuple[Path, int]:
-    """Train one epoch to measure the speed, then resume for as many epochs as the budget leaves room for
-    (``RESERVE_SHARE`` of the budget is kept for prediction and evaluation). Returns the fold folder and the epochs."""
+    """Train one epoch to measure the speed, then resume for as many epochs as the budget leaves room for.
+
+    The epoch time comes from the training log (without start-up, which the resumed run pays once more);
+    ``RESERVE_SHARE`` of the budget is kept for prediction and evaluation. Returns the fold folder and epochs.
+    """
+    from autoseg.checkpoint import load_checkpoint
+
     t0 = time.perf_counter()
     max_epochs = opts.settings.epochs
     fold_dir = train(paths, opts, 1, resume=False, validate=max_epochs == 1)
-    epoch_s = time.perf_counter() - t0
+    call_s = time.perf_counter() - t0
+    epoch_s = float(load_checkpoint(fold_dir / "checkpoint_latest.pt")["log"]["epoch_time"][0])
+    startup_s = max(0.0, call_s - epoch_s)
     budget_s = opts.minutes_budget * 60
-    epochs = epochs_within_budget(budget_s, elapsed_s + epoch_s, epoch_s, RESERVE_SHARE * budget_s, max_epochs)
-    say(f"    1 epoch took {epoch_s:.0f} s; training {epochs} epoch(s) in all to stay within "
-        f"{opts.minutes_budget:g} min")
+    time_left = budget_s * (1 - RESERVE_SHARE) - elapsed_s - call_s - startup_s
+    epochs = 1 + epochs_within_budget(time_left, epoch_s, max_epochs - 1)
+    say(f"    1 epoch took {epoch_s:.0f} s (+{startup_s:.0f} s start-up); training {epochs} epoch(s) in all "
+        f"to stay within {opts.minutes_budget:g} min")
     if max_epochs > 1:  # trains the remaining epochs (none when the budget allows only one), then validates
         fold_dir = train(paths, opts, epochs, resume=True)
     return fold_dir, epochs

@@ -14,11 +14,11 @@ from autoseg.demo import (DemoOptions, DemoSettings, clear_previous_demo, conver
 
 
 def test_epochs_fit_the_budget():
-    assert epochs_within_budget(600, 100, 40, 60, 50, margin=1.0) == 11   # (600 - 100 - 60) / 40
-    assert epochs_within_budget(600, 100, 40, 60, 50, margin=1.1) == 10   # 440 / 44
-    assert epochs_within_budget(600, 100, 40, 60, 5) == 5                 # capped by the settings
-    assert epochs_within_budget(60, 100, 40, 6, 5) == 1                   # over budget already: still one epoch
-    assert epochs_within_budget(600, 0, 0, 0, 7) == 7
+    assert epochs_within_budget(440, 40, 50, margin=1.0) == 11     # 440 s left / 40 s per epoch
+    assert epochs_within_budget(440, 40, 50, margin=1.1) == 10     # 440 / 44
+    assert epochs_within_budget(440, 40, 5) == 5                   # capped by the settings
+    assert epochs_within_budget(-10, 40, 5) == 0                   # over budget already: no more epochs
+    assert epochs_within_budget(100, 0, 7) == 7
 
 
 def test_cleanup_deletes_only_marked_folders(tmp_path: Path):
