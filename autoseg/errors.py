@@ -47,7 +47,8 @@ class ProblemList:
             raise AutosegError("\n".join([head, *("  " + p for p in self.items)]))
 
 
-def run_cli(prog: str, fn: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+def run_cli(prog: str, fn: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
+            resume_hint: str = "rerun the same command to continue where it stopped") -> None:
     """Run a command's body and turn errors into one-line messages and exit codes.
 
     AutosegError -> message on stderr, exit 2. Ctrl-C -> exit 130. Any other exception is a bug:
@@ -63,7 +64,7 @@ def run_cli(prog: str, fn: Callable[[Sequence[str] | None], int | None], argv: S
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
+        print(f"{prog}: interrupted; {resume_hint}", file=sys.stderr)
         sys.exit(130)
     except MemoryError:
         print(f"{prog}: error: out of memory; use fewer workers (-np 1) or a smaller patch (--vram)", file=sys.stderr)

@@ -248,3 +248,20 @@ def test_median_image_comes_from_the_cropped_sampled_cases():
     uncropped = fingerprint([[155, 240, 240]] * 30, [[1.0, 1.0, 1.0]] * 30)
     assert plan_dataset(uncropped, info_for(uncropped), 8, "test").configurations["3d_fullres"].median_shape == \
         [155, 240, 240]
+
+
+def test_spacing_override_is_used_and_explained(synthetic_home) -> None:
+    """--spacing 2 gives a 2 mm plan (smaller median image and patch) and says why; bad values are one line."""
+    from autoseg.cli.plan import main
+
+    main_args = ["--home", str(synthetic_home), "--vram", "0.5", "--base-features", "4", "--spacing", "2"]
+    with pytest.raises(SystemExit) as e:
+        main(main_args)
+    assert e.value.code == 0
+    plans = Plans.load(synthetic_home / "preprocessed" / "Dataset001_Synthetic" / "plans.json")
+    full = plans.configurations["3d_fullres"]
+    assert full.spacing == [2.0, 2.0, 2.0] and full.median_shape[1] <= 32
+    assert any("given with --spacing" in s for s in plans.explanation)
+    with pytest.raises(SystemExit) as e:
+        main(["--home", str(synthetic_home), "--spacing", "1", "2"])
+    assert e.value.code == 2

@@ -26,6 +26,9 @@ def _main(argv: Sequence[str] | None) -> int:
                    help="features of the first stage, doubled per stage (default: 32)")
     p.add_argument("--max-features", type=int, default=320, metavar="N",
                    help="cap on the features per stage; 2d gets 1.6x (default: 320)")
+    p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
+                   help="override the target spacing: one value (isotropic) or three (z y x), e.g. --spacing 3 "
+                        "for quick CPU training (default: from the data, as nnU-Net)")
     p.add_argument("-np", "--workers", type=int, default=2, metavar="W",
                    help="worker threads for checking and fingerprinting (default: 2)")
     args = p.parse_args(argv)
@@ -35,7 +38,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"{paths.raw}: dataset OK")
         return 0
     plans = run_planning(paths, vram_gb=args.vram, arch=args.arch, base_features=args.base_features,
-                         max_features=args.max_features, workers=args.workers)
+                         max_features=args.max_features, workers=args.workers,
+                         spacing=args.spacing)
     print(f"{paths.name}: planned for {plans.vram_gb:g} GB ({plans.vram_source})")
     print(summary_table(plans))
     if args.explain:

@@ -43,4 +43,5 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    run_cli("autoseg-train", _main, argv)
+    run_cli("autoseg-train", _main, argv,
+            resume_hint="rerun the same command with --resume to continue from the last finished epoch")

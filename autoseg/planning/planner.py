@@ -246,8 +246,12 @@ def _lowres_spacing(spacing: list[float]) -> list[float]:
     return [s * 1.03 for s in spacing]
 
 
-def check_request(vram_gb: float | None, arch: str | None, base_features: int, max_features: int) -> None:
+def check_request(vram_gb: float | None, arch: str | None, base_features: int, max_features: int,
+                  spacing: Sequence[float] | None = None) -> None:
     """Refuse impossible planning options before any work is done."""
+    if spacing is not None and (len(spacing) not in (1, 3) or min(spacing) <= 0):
+        raise fail(None, f"--spacing {' '.join(map(str, spacing))} must be one or three positive numbers (mm)",
+                   "e.g. --spacing 2 for 2 mm isotropic, or --spacing 3 1 1 (z y x)")
     if vram_gb is not None and vram_gb <= 0:
         raise fail(None, f"--vram {vram_gb} must be positive", "give the GPU memory in GB, e.g. --vram 8")
     if arch is not None and arch not in ARCHS:
@@ -258,16 +262,27 @@ def check_request(vram_gb: float | None, arch: str | None, base_features: int, m
 
 
 def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vram_source: str,
-                 arch: str | None = None, base_features: int = 32, max_features: int = 320) -> Plans:
-    """Plan 2d, 3d_fullres and (when needed) 3d_lowres for a dataset on a GPU with ``vram_gb`` GiB."""
-    check_request(vram_gb, arch, base_features, max_features)
+                 arch: str | None = None, base_features: int = 32, max_features: int = 320,
+                 spacing: Sequence[float] | None = None) -> Plans:
+    """Plan 2d, 3d_fullres and (when needed) 3d_lowres for a dataset on a GPU with ``vram_gb`` GiB.
+
+    ``spacing`` (z, y, x mm, or one value for all axes) overrides the target spacing, e.g. a coarse
+    spacing for quick CPU training; everything else is still derived from it.
+    """
+    check_request(vram_gb, arch, base_features, max_features, spacing)
     if len(fingerprint.intensity) != info.num_channels or len(fingerprint.channel_names) != info.num_channels:
         raise fail(None, f"fingerprint has {len(fingerprint.intensity)} channel(s), dataset.json {info.num_channels}",
                    "delete fingerprint.json and rerun autoseg-plan")
     preset = preset_by_arch(vram_gb, arch) if arch else select_preset(vram_gb)
     budget = memory_budget_bytes(vram_gb)
     spacings, shape_spacings, shapes = _case_arrays(fingerprint)
-    spacing, why_spacing = target_spacing(spacings, shapes)
+    median_spacing, why_spacing = target_spacing(spacings, shapes)
+    if spacing is None:
+        spacing = median_spacing
+    else:
+        spacing = [float(v) for v in (list(spacing) * 3 if len(spacing) == 1 else spacing)]
+        why_spacing = (f"Target spacing {fmt(spacing)} mm given with --spacing (the data alone would give "
+                       f"{fmt(median_spacing)} mm).")
     median = median_shape(shape_spacings, shapes, spacing)
     dataset_voxels = float(np.prod(median)) * fingerprint.num_training
     cin, cout = info.num_channels, info.num_outputs

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,14 +61,15 @@ def resolve_vram(vram_gb: float | None) -> tuple[float, str]:
 
 
 def run_planning(paths: DatasetPaths, vram_gb: float | None = None, arch: str | None = None, base_features: int = 32,
-                 max_features: int = 320, workers: int = 2) -> Plans:
+                 max_features: int = 320, workers: int = 2, spacing: Sequence[float] | None = None) -> Plans:
     """Verify the raw dataset, fingerprint it, plan for the VRAM and write ``plans.json`` (atomically)."""
-    check_request(vram_gb, arch, base_features, max_features)
+    check_request(vram_gb, arch, base_features, max_features, spacing)
     verify_dataset(paths.raw, workers=workers)
     info = DatasetInfo.load(paths.dataset_json)
     fp, reused = fingerprint_for(paths, workers)
     vram, source = resolve_vram(vram_gb)
-    plans = plan_dataset(fp, info, vram, source, arch=arch, base_features=base_features, max_features=max_features)
+    plans = plan_dataset(fp, info, vram, source, arch=arch, base_features=base_features, max_features=max_features,
+                         spacing=spacing)
     note = ("Fingerprint reused: the raw dataset has not changed since fingerprint.json was written." if reused
             else f"Fingerprint computed from {len(fp.sampled_cases)} sampled of {fp.num_training} case(s).")
     plans = replace(plans, explanation=[note, *plans.explanation])
