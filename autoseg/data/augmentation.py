@@ -167,16 +167,16 @@ class Augmenter:
                 d, s = torch.from_numpy(data), torch.from_numpy(seg)
             else:
                 d, s = self._resample(crop, initial, matrix)
+            flips: list[int] = []
             if self.train:
                 d = self._intensity(d, rng)
                 flips = [a + 1 for a in self.params.mirror_axes if rng.random() < 0.5]
-                if flips:
-                    d, s = d.flip(flips), s.flip(flips)
             outside = s[0] < 0
             for c in self.params.masked_channels:
                 d[c].masked_fill_(outside, 0)
             s = s.clamp_(min=0)
-            return d.numpy(), s.numpy()
+            # mirroring last, as views: the caller's copy into the batch does the work
+            return np.flip(d.numpy(), flips), np.flip(s.numpy(), flips)
 
     # ---- spatial ----------------------------------------------------------------------------
     def _spatial_matrix(self, rng: np.random.Generator) -> np.ndarray | None:

@@ -54,10 +54,17 @@ def crop_padded(array: np.ndarray, lower: Sequence[int], patch: Sequence[int], p
     lead = (slice(None),) * (array.ndim - len(patch))
     if all(s.start == lo and s.stop == up for s, lo, up in zip(src, lower, upper)):  # inside: one copy
         return np.array(array[lead + src])
-    out = np.full((*array.shape[:-len(patch)], *patch), pad_value, dtype=array.dtype)
+    out = np.empty((*array.shape[:-len(patch)], *patch), dtype=array.dtype)
+    if not all(s.stop > s.start for s in src):
+        out.fill(pad_value)
+        return out
     dst = tuple(slice(s.start - lo, s.stop - lo) for s, lo in zip(src, lower))
-    if all(s.stop > s.start for s in src):
-        out[lead + dst] = array[lead + src]
+    out[lead + dst] = array[lead + src]
+    for axis, d in enumerate(dst):  # pad only the margins, not the whole patch first
+        before = (slice(None),) * axis + (slice(None, d.start),)
+        after = (slice(None),) * axis + (slice(d.stop, None),)
+        out[lead + before] = pad_value
+        out[lead + after] = pad_value
     return out
 
 
