@@ -105,3 +105,16 @@ def test_read_image_refuses_nan_and_truncated_gzip(tmp_path: Path) -> None:
     (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) * 2 // 3])
     with pytest.raises(AutosegError, match="cut.nii.gz: cannot read image.*truncated or corrupt"):
         read_image(tmp_path / "cut.nii.gz")
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Temporary files are 0600; the renamed artefact must be readable by others like any new file."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
