@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import errno
 import json
 import os
@@ -62,8 +63,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+@functools.lru_cache(maxsize=1)
 def _default_file_mode() -> int:
-    """0666 minus the process umask: the mode ``open()`` would have given a new file."""
+    """0666 minus the process umask: the mode ``open()`` would have given a new file.
+
+    Read once (reading the umask means setting it), before worker threads start writing.
+    """
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
