@@ -153,6 +153,7 @@ def test_kill_during_training_then_resume_matches_an_uninterrupted_run(planned: 
     assert ran and not (fold / "checkpoint_final.pt").exists()
     (fold / ".checkpoint_latest.0a1b2c3d.tmp.pt").write_bytes(b"PK half")   # a killed torch.save
     in_process(train_main, "3d_fullres", "fold0", "--home", home, *TRAIN, "--resume")
+    assert not temporaries(fold), "the resumed run clears the killed run's temporaries"
     a = torch.load(fold / "checkpoint_final.pt", weights_only=True)
     b = torch.load(DatasetPaths(ref, DS).fold_dir("3d_fullres", 0) / "checkpoint_final.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3 and "epoch 0:" in log.read_text()
@@ -177,7 +178,7 @@ def test_kill_during_training_then_resume_matches_an_uninterrupted_run(planned: 
     after = snapshot(fold)
     for name in ("checkpoint_latest.pt", "checkpoint_final.pt"):
         assert after[str(fold / name)] == before[str(fold / name)], name
-    assert not [p for p in temporaries(fold) if p.name != ".checkpoint_latest.0a1b2c3d.tmp.pt"]
+    assert not temporaries(fold)
 
 
 def test_ctrl_c_during_parallel_preprocessing_is_one_line_and_rerun_finishes(planned: Path, tmp_path: Path) -> None:

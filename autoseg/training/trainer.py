@@ -205,6 +205,16 @@ def _init_network(fold: FoldData, options: TrainOptions, device: torch.device) -
     return network.to(device)
 
 
+def _remove_stale_temporaries(fold_dir: Path) -> None:
+    """Delete hidden checkpoint temporaries a killed run left (``.checkpoint_*.tmp.pt``).
+
+    Safe here and not in prediction: one process (rank 0) writes a fold folder, while several
+    ``--shard`` jobs may share a prediction folder.
+    """
+    for tmp in fold_dir.glob(".checkpoint_*.tmp.pt"):
+        tmp.unlink(missing_ok=True)
+
+
 def _start_state(fold_dir: Path, options: TrainOptions, plan: ConfigurationPlan) -> dict | None:
     """The checkpoint to continue from, None to start fresh; refuse to silently overwrite a run."""
     latest = fold_dir / "checkpoint_latest.pt"
@@ -245,6 +255,8 @@ def train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options
             append_log(log_path, msg)
 
     trains = log.epochs_done < options.epochs or not (fold_dir / "checkpoint_final.pt").is_file()
+    if trains and main:
+        _remove_stale_temporaries(fold_dir)
     if trains:
         write(f"{'resuming at' if ckpt else 'starting'} epoch {log.epochs_done} of {options.epochs}: "
               f"{configuration} fold {fold}, {len(data.split.train)} train / {len(data.split.val)} val cases, "
