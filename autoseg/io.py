@@ -225,7 +225,8 @@ def _read_nifti_voxels(path: Path, geometry: Geometry) -> np.ndarray:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as e:
-        raise fail(path, f"cannot read image ({str(e).splitlines()[0][:120] or type(e).__name__})",
+        detail = " ".join(str(e).split())[:120]
+        raise fail(path, f"cannot read image data ({type(e).__name__}: {detail})",
                    "the file is truncated or corrupt; re-export or re-download it") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]

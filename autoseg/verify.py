@@ -17,12 +17,11 @@ from collections import defaultdict
 from functools import partial
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from autoseg.dataset import CaseFiles, DatasetInfo, check_case_id
 from autoseg.errors import AutosegError, ProblemList, fail
-from autoseg.io import Geometry, read_header, read_image
+from autoseg.io import Geometry, read_image
 from autoseg.parallel import thread_map
 
 # image formats SimpleITK reads that a dataset might mix up with its declared ``file_ending``
@@ -159,26 +158,13 @@ def _check_label(path: Path, array: np.ndarray, allowed: list[int], problems: Pr
         problems.add(path, "label is empty (no foreground voxel)", _FIX_EMPTY)
 
 
-def read_voxels(path: Path) -> np.ndarray:
-    """The stored voxel values, exactly (NaN kept); a truncated or corrupt file becomes a one-line error."""
-    if not path.name.endswith((".nii", ".nii.gz")):
-        return read_image(path)[0]
-    try:
-        return np.asanyarray(nib.load(path, mmap=False).dataobj)
-    except Exception as e:  # noqa: BLE001 - nibabel raises OSError, EOFError, zlib.error, ImageFileError, ...
-        detail = " ".join(str(e).split())[:120]
-        raise fail(path, f"cannot read image data ({type(e).__name__}: {detail})",
-                   "the file is truncated or corrupt; re-export or re-download it") from None
-
-
 def check_case(case: CaseFiles, info: DatasetInfo) -> list[str]:
     """Content checks of one training case, reading one file at a time; returns its problems."""
     problems = ProblemList()
     ref: tuple[Path, Geometry] | None = None
     for path in (*case.images, case.label):
         try:
-            geometry = read_header(path)
-            array = read_voxels(path)
+            array, geometry = read_image(path, allow_nonfinite=True)  # NaN/inf are reported below
         except AutosegError as e:
             problems.items.append(str(e))
             continue
