@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from autoseg.boxes import mask_bounds
 from autoseg.dataset import CaseFiles, DatasetInfo, load_dataset
 from autoseg.errors import fail
 from autoseg.io import read_header, read_image, read_json, write_json_atomic
@@ -157,17 +158,6 @@ def sample_indices(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
     return np.concatenate(parts)
 
 
-def _nonzero_box(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(start, stop) per axis of the nonzero voxels; an empty box (start > stop) when there are none."""
-    nonzero = array != 0
-    start, stop = np.array(array.shape), np.zeros(array.ndim, dtype=int)
-    for axis in range(array.ndim):
-        hit = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(array.ndim) if a != axis)))
-        if hit.size:
-            start[axis], stop[axis] = hit[0], hit[-1] + 1
-    return start, stop
-
-
 def sample_case(case: CaseFiles, info: DatasetInfo, voxels_per_case: int, seed: int) -> CaseSample:
     """Read one case (label, then one channel at a time) and measure what the fingerprint needs."""
     seg, geometry = read_image(case.label)
@@ -186,8 +176,9 @@ def sample_case(case: CaseFiles, info: DatasetInfo, voxels_per_case: int, seed: 
             raise fail(path, f"shape {image.shape} differs from its label's {geometry.shape_zyx}",
                        "run the dataset check (autoseg-plan does) and fix the case")
         intensities[c] = image.ravel()[index]
-        box = _nonzero_box(image)
-        start, stop = np.minimum(start, box[0]), np.maximum(stop, box[1])
+        bounds = mask_bounds(image != 0)
+        if bounds is not None:
+            start, stop = np.minimum(start, [b[0] for b in bounds]), np.maximum(stop, [b[1] for b in bounds])
         del image
     crop = np.maximum(stop - start, 0)
     perm = reorientation_for(geometry, case.label).perm

@@ -18,22 +18,11 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from autoseg.boxes import mask_bounds
 from autoseg.dataset import DatasetInfo
 
 EMPTY_HD95 = 373.13
 METRICS = ("dice", "hd95", "sensitivity", "specificity")
-
-
-def _bbox(mask: np.ndarray) -> list[tuple[int, int]] | None:
-    """Inclusive-exclusive bounds per axis of the nonzero voxels, or None when empty."""
-    bounds = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        nz = np.flatnonzero(mask.any(axis=other))
-        if nz.size == 0:
-            return None
-        bounds.append((int(nz[0]), int(nz[-1]) + 1))
-    return bounds
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -44,7 +33,7 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
     """95th percentile of the symmetric surface distances in mm (BraTS convention for empty masks)."""
     pred, ref = pred.astype(bool, copy=False), ref.astype(bool, copy=False)
-    bp, br = _bbox(pred), _bbox(ref)
+    bp, br = mask_bounds(pred), mask_bounds(ref)
     if bp is None and br is None:
         return 0.0
     if bp is None or br is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from autoseg.boxes import mask_bounds
+
 BBox = tuple[tuple[int, int], ...]
 
 
@@ -25,12 +27,7 @@ def nonzero_bbox(images: list[np.ndarray] | np.ndarray) -> BBox:
 
 def bbox_of(mask: np.ndarray) -> BBox:
     """Half-open bounding box of the True voxels of ``mask``; the whole array when none is True."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append((int(hits[0]), int(hits[-1]) + 1) if hits.size else (0, mask.shape[axis]))
-    return tuple(box)
+    return tuple(mask_bounds(mask) or ((0, n) for n in mask.shape))
 
 
 def crop(array: np.ndarray, bbox: BBox) -> np.ndarray:
