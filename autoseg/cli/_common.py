@@ -39,8 +39,3 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise fail(None, f"--shard {text}: need 0 <= i < n", "e.g. --shard 3/4 for the last of four jobs")
     return i, n
-
-
-def shard(items: list, i: int, n: int) -> list:
-    """Deterministic split of sorted items across n jobs: every n-th item starting at i."""
-    return sorted(items)[i::n]

@@ -29,6 +29,7 @@ from autoseg.errors import AutosegError, fail
 from autoseg.inference.sliding_window import eval_mode, logits_to_probabilities, sliding_window_logits
 from autoseg.io import Geometry, read_image, save_npz_atomic, write_image
 from autoseg.network import build_network
+from autoseg.parallel import shard as shard_items
 from autoseg.paths import DatasetPaths
 from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.postprocessing import PostprocessingPlan
@@ -294,8 +295,7 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
     """Predict every case of ``input_dir`` (its ``shard``) into ``output_dir``; see the module docstring."""
     out_dir = Path(output_dir)
     cases = find_input_cases(input_dir, predictor.info.num_channels, predictor.info.file_ending)
-    i, n = shard
-    cases = sorted(cases, key=lambda c: c.case_id)[i::n]
+    cases = shard_items(cases, *shard, key=lambda c: c.case_id)
     report = PredictionReport()
     try:   # before any work: an output folder that cannot exist fails now, not after every case is predicted
         out_dir.mkdir(parents=True, exist_ok=True)

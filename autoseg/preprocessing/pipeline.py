@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from autoseg.cli._common import shard as shard_items
+from autoseg.parallel import shard as shard_items
 from autoseg.dataset import CaseFiles, DatasetInfo, load_dataset
 from autoseg.errors import AutosegError, ProblemList, fail
 from autoseg.io import Geometry, read_image
