@@ -265,3 +265,20 @@ def test_spacing_override_is_used_and_explained(synthetic_home) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--home", str(synthetic_home), "--spacing", "1", "2"])
     assert e.value.code == 2
+
+
+def test_replanning_unchanged_raw_data_skips_the_check_and_a_change_reruns_it(synthetic_home, monkeypatch) -> None:
+    """The dataset check reads every voxel; it reruns only when a raw file changed since it passed."""
+    from autoseg.paths import resolve_dataset
+    from autoseg.planning import stage
+
+    paths = resolve_dataset(synthetic_home, None)
+    stage.run_planning(paths, vram_gb=0.5, base_features=4)
+    calls: list = []
+    monkeypatch.setattr(stage, "verify_dataset", lambda raw, workers=2: calls.append(raw))
+    stage.run_planning(paths, vram_gb=1.0, base_features=4)
+    assert calls == []
+    label = next((paths.raw / "labelsTr").iterdir())
+    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 1_000_000_000))
+    stage.run_planning(paths, vram_gb=1.0, base_features=4)
+    assert calls == [paths.raw]

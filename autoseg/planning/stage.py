@@ -22,10 +22,10 @@ SIGNATURE_KEY = "raw_signature"
 
 
 def raw_signature(raw_dir: Path) -> str:
-    """Hash of the names, sizes and modification times of dataset.json and the training files."""
+    """Hash of the names, sizes and modification times of dataset.json and the image and label files."""
     h = hashlib.sha256()
-    files = [raw_dir / "dataset.json", *sorted((raw_dir / "imagesTr").glob("*")),
-             *sorted((raw_dir / "labelsTr").glob("*"))]
+    files = [raw_dir / "dataset.json", *(f for sub in ("imagesTr", "labelsTr", "imagesTs")
+                                         for f in sorted((raw_dir / sub).glob("*")))]
     for f in files:
         if f.is_file():
             st = f.stat()
@@ -33,17 +33,28 @@ def raw_signature(raw_dir: Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint_for(paths: DatasetPaths, workers: int = 2) -> tuple[Fingerprint, bool]:
-    """The dataset's fingerprint and whether it was reused: ``fingerprint.json`` is recomputed only when
-    it is missing, unreadable or was made from a raw dataset that has changed since."""
-    signature = raw_signature(paths.raw)
+def current_fingerprint(paths: DatasetPaths, signature: str) -> Fingerprint | None:
+    """``fingerprint.json`` if it was made from exactly these raw files, else None.
+
+    It is written only after the dataset check passed, so a current one also means the files passed it.
+    """
     if paths.fingerprint_json.is_file():
         try:
             old = Fingerprint.load(paths.fingerprint_json)
             if old.extra.get(SIGNATURE_KEY) == signature:
-                return old, True
+                return old
         except AutosegError:
             pass   # stale or from another version: compute it again
+    return None
+
+
+def fingerprint_for(paths: DatasetPaths, workers: int = 2) -> tuple[Fingerprint, bool]:
+    """The dataset's fingerprint and whether it was reused: ``fingerprint.json`` is recomputed only when
+    it is missing, unreadable or was made from a raw dataset that has changed since."""
+    signature = raw_signature(paths.raw)
+    old = current_fingerprint(paths, signature)
+    if old is not None:
+        return old, True
     fp = compute_fingerprint(paths.raw, workers=workers)
     fp = replace(fp, extra={**fp.extra, SIGNATURE_KEY: signature})
     fp.save(paths.fingerprint_json)
@@ -62,15 +73,21 @@ def resolve_vram(vram_gb: float | None) -> tuple[float, str]:
 
 def run_planning(paths: DatasetPaths, vram_gb: float | None = None, arch: str | None = None, base_features: int = 32,
                  max_features: int = 320, workers: int = 2, spacing: Sequence[float] | None = None) -> Plans:
-    """Verify the raw dataset, fingerprint it, plan for the VRAM and write ``plans.json`` (atomically)."""
+    """Verify the raw dataset, fingerprint it, plan for the VRAM and write ``plans.json`` (atomically).
+
+    The check and the fingerprint are skipped when the raw files are those they last passed (so
+    replanning for another ``--vram`` on a large dataset takes a second, not a re-read of every voxel).
+    """
     check_request(vram_gb, arch, base_features, max_features, spacing)
-    verify_dataset(paths.raw, workers=workers)
+    if current_fingerprint(paths, raw_signature(paths.raw)) is None:  # unchanged files passed the check already
+        verify_dataset(paths.raw, workers=workers)
     info = DatasetInfo.load(paths.dataset_json)
     fp, reused = fingerprint_for(paths, workers)
     vram, source = resolve_vram(vram_gb)
     plans = plan_dataset(fp, info, vram, source, arch=arch, base_features=base_features, max_features=max_features,
                          spacing=spacing)
-    note = ("Fingerprint reused: the raw dataset has not changed since fingerprint.json was written." if reused
+    note = ("Fingerprint reused and dataset check skipped: the raw files have not changed since they passed it."
+            if reused
             else f"Fingerprint computed from {len(fp.sampled_cases)} sampled of {fp.num_training} case(s).")
     plans = replace(plans, explanation=[note, *plans.explanation])
     plans.save(paths.plans_json)
