@@ -25,12 +25,10 @@ def _rank(rank: int, world: int, port: int, root: str, name: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    try:
-        train_fold(DatasetPaths(Path(root), name), "3d_fullres", 0, OPTIONS)
-    finally:
-        import torch.distributed as dist
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    train_fold(DatasetPaths(Path(root), name), "3d_fullres", 0, OPTIONS)
+    # train_fold leaves the group it joined; a group left to interpreter shutdown aborted the process
+    # now and then (gloo threads freeing tensors after Python finalised), which this test used to catch.
+    assert not torch.distributed.is_initialized()
 
 
 def _free_port() -> int:

@@ -6,7 +6,10 @@ global batch (the plan's batch size) is split across ranks; rank 0 writes every 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,10 +42,25 @@ def dist_from_env() -> DistInfo:
     return DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))))
 
 
-def init_process_group(info: DistInfo, device: torch.device) -> None:
-    """Join the process group (once) with nccl on CUDA, gloo otherwise."""
-    if info.enabled and not dist.is_initialized():
+@contextlib.contextmanager
+def process_group(info: DistInfo, device: torch.device) -> Iterator[None]:
+    """Join the process group with nccl on CUDA, gloo otherwise, and leave it again on exit.
+
+    A group that was already joined (by the caller) is used and left alone. Leaving it here, while the
+    interpreter is fully alive, matters: gloo's worker threads release the last tensors of a finished
+    collective a moment after it returns, and if that happens during interpreter shutdown the process
+    aborts ("terminate called without an active exception") after a successful run. Destroying the group
+    (and collecting the DDP wrapper's reference cycles, which keep it alive) joins those threads first.
+    """
+    owned = info.enabled and not dist.is_initialized()
+    if owned:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=info.rank, world_size=info.world_size)
+    try:
+        yield
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+            gc.collect()
 
 
 def rank_share(batch_size: int, info: DistInfo) -> tuple[int, ...]:

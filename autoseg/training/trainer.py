@@ -237,7 +237,12 @@ def train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options
     fold = parse_fold(fold)
     dist = ddp.dist_from_env()
     device = resolve_device(options.device, dist)
-    ddp.init_process_group(dist, device)
+    with ddp.process_group(dist, device):
+        return _train_fold(paths, configuration, fold, options, dist, device)
+
+
+def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options: TrainOptions, dist: ddp.DistInfo,
+                device: torch.device) -> Path:
     data = load_fold_data(paths, configuration, fold, dist)
     fold_dir = paths.fold_dir(configuration, fold)
     log_path = fold_dir / "log.txt"
