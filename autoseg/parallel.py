@@ -6,8 +6,10 @@ releases the GIL, so threads give the parallelism without spawn start-up or copi
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from collections.abc import Callable, Iterable
+from multiprocessing import resource_tracker
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -31,13 +33,27 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: str
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def ignore_interrupts() -> None:
-    """For worker processes: leave Ctrl-C to the parent, which stops them and prints the one-line message.
+@contextlib.contextmanager
+def children_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes (and pool threads that start more later) inside this block: they never see Ctrl-C.
 
-    A terminal sends SIGINT to the whole process group; without this every worker would print its own
-    KeyboardInterrupt traceback.
+    A terminal sends SIGINT to the whole process group, workers included; the parent alone should answer
+    with its one-line message and stop them. An ignore handler installed by the worker comes too late for a
+    spawn worker still importing modules (it printed a KeyboardInterrupt traceback), so SIGINT is *blocked*
+    in this thread instead: the mask is inherited through fork, exec and thread creation, and Python keeps
+    it. The parent's own mask is restored on exit; a Ctrl-C that arrived meanwhile is delivered then.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    # The first spawn starts multiprocessing's resource tracker, which unblocks SIGINT in this thread
+    # when it is done; start it now so that it cannot undo the block below.
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def shard(items: Iterable[T], i: int, n: int, key: Callable[[T], object] | None = None) -> list[T]:

@@ -118,3 +118,36 @@ def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize(("raised", "code", "words"), [(KeyboardInterrupt(), 130, "interrupted while starting"),
+                                                       (ModuleNotFoundError("no", name="torch"), 2, "cannot import torch")])
+def test_console_scripts_turn_a_failed_start_into_one_line(raised, code, words, monkeypatch, capsys) -> None:
+    # The console scripts import the command module inside the launcher, so a Ctrl-C in the first second
+    # or a missing dependency is one line, not a traceback from the import machinery.
+    import importlib
+
+    from autoseg import cli
+
+    def interrupted(name: str):
+        raise raised
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    with pytest.raises(SystemExit) as e:
+        cli.autoseg_preprocess([])
+    err = capsys.readouterr().err
+    assert e.value.code == code and words in err and err.count("\n") == 1 and err.startswith("autoseg-preprocess: ")
+
+
+def test_every_console_script_has_a_launcher_and_a_command_module() -> None:
+    import importlib
+    from importlib.metadata import entry_points
+
+    from autoseg import cli
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("autoseg-")}
+    assert len(scripts) == 8
+    for script, target in scripts.items():
+        module, attr = target.split(":")
+        assert module == "autoseg.cli" and callable(getattr(cli, attr)), script
+        assert callable(importlib.import_module(f"autoseg.cli.{script.removeprefix('autoseg-')}").main)

@@ -1,1 +1,40 @@
-"""Thin command-line layer: one module per command; each parses arguments and calls one stage function."""
+"""Thin command-line layer: one module per command; each parses arguments and calls one stage function.
+
+The console scripts point at the launchers below, not at the command modules: a command module imports
+torch, SimpleITK and scipy (about a second), and a Ctrl-C or a broken install during that import would
+otherwise end in a raw traceback, before the command's own error handling (``run_cli``) is running.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _launcher(command: str) -> Callable[[Sequence[str] | None], None]:
+    def launch(argv: Sequence[str] | None = None) -> None:
+        prog = f"autoseg-{command}"
+        try:
+            module = importlib.import_module(f"autoseg.cli.{command}")
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted while starting; nothing was written", file=sys.stderr)
+            sys.exit(130)
+        except ImportError as e:
+            print(f"{prog}: error: cannot import {e.name or e}; the installation is incomplete: "
+                  "reinstall with pip install -e . (see the README)", file=sys.stderr)
+            sys.exit(2)
+        module.main(argv)
+
+    launch.__doc__ = f"Entry point of autoseg-{command}."
+    return launch
+
+
+autoseg_convert = _launcher("convert")
+autoseg_plan = _launcher("plan")
+autoseg_preprocess = _launcher("preprocess")
+autoseg_train = _launcher("train")
+autoseg_predict = _launcher("predict")
+autoseg_evaluate = _launcher("evaluate")
+autoseg_ensemble = _launcher("ensemble")
+autoseg_demo = _launcher("demo")

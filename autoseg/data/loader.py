@@ -25,6 +25,7 @@ import numpy as np
 from autoseg.data.augmentation import AugmentationParams, no_augmentation, training_transforms
 from autoseg.data.sampling import crop_padded, is_forced_foreground, patch_location
 from autoseg.dataset import DatasetInfo
+from autoseg.parallel import children_ignore_ctrl_c
 
 
 class BatchKey(NamedTuple):
@@ -132,8 +133,6 @@ def _shared_batch(maker: BatchMaker, key: BatchKey) -> tuple[Any, Any]:
 def _worker(makers: dict[str, BatchMaker], tasks: mp.Queue, results: mp.Queue) -> None:
     import torch
 
-    from autoseg.parallel import ignore_interrupts
-    ignore_interrupts()   # Ctrl-C is the parent's to handle: no traceback per worker
     torch.set_num_threads(1)  # one thread per worker: N workers on N cores do not oversubscribe
     while (task := tasks.get()) is not None:
         seq, key = task
@@ -159,8 +158,9 @@ class BatchStream:
             self._tasks, self._results = ctx.Queue(), ctx.Queue()
             self._procs = [ctx.Process(target=_worker, args=(makers, self._tasks, self._results), daemon=True)
                            for _ in range(self.workers)]
-            for p in self._procs:
-                p.start()
+            with children_ignore_ctrl_c():  # Ctrl-C is the parent's to handle: no traceback per worker
+                for p in self._procs:
+                    p.start()
         self._seq = 0
 
     def __enter__(self) -> BatchStream:

@@ -9,7 +9,6 @@ reference's voxel spacing. A case that cannot be evaluated is reported in one li
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from autoseg.dataset import DatasetInfo
 from autoseg.errors import AutosegError, fail
 from autoseg.evaluation.metrics import EMPTY_HD95, METRICS, case_metrics, evaluated_masks
 from autoseg.io import atomic_path, read_image, write_json_atomic
+from autoseg.parallel import children_ignore_ctrl_c
 
 SEG_ENDINGS = (".nii.gz", ".nii")
 CSV_FIELDS = (*METRICS, "n_ref", "n_pred")
@@ -143,20 +143,18 @@ def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, info: DatasetInfo
     cases, problems = find_eval_cases(pred_dir, ref_dir)
     result = Evaluation(failed=problems)
     jobs = [(c, info) for c in cases]
-    mapper: Callable = map
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
-    if pool is not None:
-        mapper = pool.map
+    with children_ignore_ctrl_c():  # map() submits every job, which starts the workers
+        results = pool.map(_run, jobs) if pool is not None else map(_run, jobs)
     try:
-        for cid, metrics, err in tqdm(mapper(_run, jobs), total=len(jobs), desc="evaluate", unit="case",
-                                      disable=not progress):
+        for cid, metrics, err in tqdm(results, total=len(jobs), desc="evaluate", unit="case", disable=not progress):
             if metrics is not None:
                 result.per_case[cid] = metrics
             else:
                 result.failed.append(str(err))
     finally:
         if pool is not None:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
     result.summary = {**summarize(result.per_case), "num_cases": len(result.per_case),
                       "regions": {n: list(v) for n, v in evaluated_masks(info).items()},
                       "empty_convention": {"both_empty": {"dice": 1.0, "hd95": 0.0},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -14,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from autoseg.parallel import shard as shard_items
 from autoseg.dataset import CaseFiles, DatasetInfo, load_dataset
 from autoseg.errors import AutosegError, ProblemList, fail
 from autoseg.io import Geometry, read_image
-from autoseg.parallel import ignore_interrupts
+from autoseg.parallel import children_ignore_ctrl_c
+from autoseg.parallel import shard as shard_items
 from autoseg.paths import DatasetPaths
 from autoseg.planning.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case import configured_spacing, preprocess_case
@@ -148,13 +149,14 @@ def preprocess_dataset(paths: DatasetPaths, configuration: str = "3d_fullres", w
                disable=not tasks)
     done: list[str] = []
     problems = ProblemList()
-    try:
-        for cid, problem in _run(tasks, workers):
-            if problem is None:
-                done.append(cid)
-            else:
-                problems.add(None, problem)
-            bar.update()
+    try:  # closing(): Ctrl-C stops the pool here and now, not whenever the suspended generator is collected
+        with contextlib.closing(_run(tasks, workers)) as results:
+            for cid, problem in results:
+                if problem is None:
+                    done.append(cid)
+                else:
+                    problems.add(None, problem)
+                bar.update()
     finally:
         bar.close()
     if len(problems) == 1:
@@ -169,5 +171,7 @@ def _run(tasks: list[tuple], workers: int) -> Iterator[tuple[str, str | None]]:
         yield from map(_process_args, tasks)
         return
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(workers, len(tasks)), initializer=ignore_interrupts, maxtasksperchild=TASKS_PER_WORKER) as pool:
+    with children_ignore_ctrl_c():  # also the pool's handler thread, which replaces retired workers
+        pool = ctx.Pool(min(workers, len(tasks)), maxtasksperchild=TASKS_PER_WORKER)
+    with pool:
         yield from pool.imap_unordered(_process_args, tasks, chunksize=1)
