@@ -221,3 +221,41 @@ def test_2d_configuration_trains_on_slices(tmp_path):
     paths = build_home(tmp_path / "home", [tiny_plan(patch=(16, 16), mirror_axes=(0, 1))], n_cases=3)
     fold_dir = train_fold(paths, "2d", 0, TrainOptions(epochs=1, **FAST))
     assert np.isfinite(_weights(fold_dir)["log"]["train_loss"][0])
+
+
+# ---- precision ---------------------------------------------------------------------------------
+def test_precision_auto_is_fp16_on_cuda_bf16_on_a_bf16_cpu_else_fp32(monkeypatch):
+    from autoseg import precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision.compute_dtype_for("fp32", cuda) is None
+    assert precision.compute_dtype_for("bf16", cpu) is torch.bfloat16
+    assert precision.compute_dtype_for("fp16", cpu) is torch.float16
+    assert precision.compute_dtype_for("auto", cuda) is torch.float16
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert precision.compute_dtype_for("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert precision.compute_dtype_for("auto", cpu) is None   # emulated bf16 would be slower than fp32
+    with pytest.raises(AutosegError, match="unknown precision 'half'"):
+        precision.compute_dtype_for("half", cpu)
+
+
+def test_bf16_step_follows_the_fp32_step_and_the_log_names_the_precision(prepared, tmp_path):
+    runs = {}
+    for name in ("fp32", "bf16"):
+        paths = copy_home(prepared, tmp_path / name)
+        fold_dir = train_fold(paths, "3d_fullres", 0, TrainOptions(epochs=1, precision=name, **FAST))
+        runs[name] = _weights(fold_dir)
+        assert f"precision {name}" in (fold_dir / "log.txt").read_text()
+        assert runs[name]["grad_scaler_state"] == {}   # loss scaling is for fp16 only
+    # same batches and initial weights: bf16 arithmetic changes the losses in the 3rd digit, not more
+    assert runs["bf16"]["log"]["train_loss"] == pytest.approx(runs["fp32"]["log"]["train_loss"], rel=2e-2)
+
+
+def test_a_run_without_fp16_resumes_with_fp16_and_its_fresh_loss_scaler(paths):
+    # e.g. started on a CPU (bf16, no scaler state saved), continued on a GPU (fp16 + GradScaler)
+    train_fold(paths, "3d_fullres", 0, TrainOptions(epochs=1, precision="bf16", **FAST))
+    fold_dir = train_fold(paths, "3d_fullres", 0, TrainOptions(epochs=2, precision="fp16", resume=True, **FAST))
+    ckpt = _weights(fold_dir)
+    assert ckpt["epoch"] == 2 and ckpt["grad_scaler_state"]["scale"] > 0
+    assert "precision fp16" in (fold_dir / "log.txt").read_text()

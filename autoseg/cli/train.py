@@ -7,6 +7,7 @@ from pathlib import Path
 
 from autoseg.cli._common import add_dataset, dataset_paths, parser
 from autoseg.errors import run_cli
+from autoseg.precision import PRECISIONS
 from autoseg.training import TrainOptions, train_fold
 
 _DEFAULTS = TrainOptions()
@@ -23,6 +24,8 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--val-iters", type=int, default=_DEFAULTS.val_iters, help="validation batches per epoch (pseudo-Dice)")
     p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="initial learning rate (poly decay, exponent 0.9)")
     p.add_argument("--device", default=_DEFAULTS.device, choices=["auto", "cuda", "cpu"], help="where to train")
+    p.add_argument("--precision", default=_DEFAULTS.precision, choices=PRECISIONS,
+                   help="network arithmetic: auto = fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt in the fold folder")
     p.add_argument("--pretrained", type=Path, default=None, help="initialise from this checkpoint (same network)")
     p.add_argument("--workers", type=int, default=_DEFAULTS.workers, help="data augmentation processes (0 = in process)")
@@ -34,8 +37,8 @@ def _main(argv: Sequence[str] | None) -> int:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     options = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=max(0, args.val_iters),
-                           lr=args.lr, device=args.device, workers=args.workers, seed=args.seed,
-                           pretrained=args.pretrained, resume=args.resume, augment=not args.no_augmentation,
+                           lr=args.lr, device=args.device, precision=args.precision, workers=args.workers,
+                           seed=args.seed, pretrained=args.pretrained, resume=args.resume, augment=not args.no_augmentation,
                            validate=not args.no_validation)
     fold_dir = train_fold(dataset_paths(args), args.configuration, args.fold, options)
     print(f"autoseg-train: done; checkpoints, log.txt and progress.png in {fold_dir}")

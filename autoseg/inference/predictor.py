@@ -33,10 +33,10 @@ from autoseg.parallel import shard as shard_items
 from autoseg.paths import DatasetPaths
 from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.postprocessing import PostprocessingPlan
+from autoseg.precision import compute_dtype_for
 from autoseg.preprocessing import preprocess_case, restore_probabilities
 
 CHECKPOINTS = ("final", "best", "latest")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -105,26 +105,6 @@ def pick_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise fail(None, "--device cuda asked for but no CUDA GPU is visible", "use --device cpu or auto")
     return torch.device(device)
-
-
-def compute_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: ``auto`` is bf16 on a CPU with native bf16 support, fp16 on CUDA, else fp32 (None)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else None
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def configuration_from_dict(d: dict) -> ConfigurationPlan:

@@ -24,7 +24,7 @@ class TrainOptions:
     device: str = "auto"
     workers: int = 2
     seed: int = 0
-    mixed_precision: bool = True   # used on CUDA only
+    precision: str = "auto"         # autoseg.precision: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32
     pretrained: Path | None = None
     resume: bool = False
     augment: bool = True

@@ -52,7 +52,8 @@ def restore_training(ckpt: dict[str, Any], network: nn.Module, optimizer: torch.
                    f"resume with --seed {seed}, or delete the fold folder to start over")
     network.load_state_dict(ckpt["network_state"])
     optimizer.load_state_dict(ckpt["optimizer_state"])
-    scaler.load_state_dict(ckpt["grad_scaler_state"])
+    if ckpt["grad_scaler_state"]:  # empty when saved by a run without fp16 (CPU, bf16): keep the fresh scale
+        scaler.load_state_dict(ckpt["grad_scaler_state"])
     torch.set_rng_state(ckpt["rng_state"]["torch"])
     if ckpt["rng_state"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng_state"]["cuda"])

@@ -28,6 +28,7 @@ from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail
 from autoseg.paths import DatasetPaths
 from autoseg.planning.plans import ConfigurationPlan, Plans
+from autoseg.precision import compute_dtype_for, dtype_name
 from autoseg.training import distributed as ddp
 from autoseg.training.losses import DeepSupervisionLoss, segmentation_loss
 from autoseg.training.options import TrainOptions
@@ -108,8 +109,8 @@ def build_optimizer(network: nn.Module, options: TrainOptions) -> torch.optim.SG
                            nesterov=options.nesterov, weight_decay=options.weight_decay)
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.float16) if enabled else contextlib.nullcontext()
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,11 +120,15 @@ def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.
 
 
 def train_step(network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, batch: Batch, device: torch.device, grad_clip: float, amp: bool) -> float:
-    """One SGD step (mixed precision when ``amp``), gradient norm clipped to ``grad_clip``; returns the loss."""
+               scaler: torch.amp.GradScaler, batch: Batch, device: torch.device, grad_clip: float,
+               dtype: torch.dtype | None) -> float:
+    """One SGD step computing in ``dtype`` (None = fp32), gradient norm clipped to ``grad_clip``; returns the loss.
+
+    The scaler is enabled for fp16 only; bf16 has fp32's range and needs no loss scaling.
+    """
     data, target = _to_device(batch, device)
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(device, amp):
+    with _autocast(device, dtype):
         loss = loss_fn(network(data), target)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
@@ -147,10 +152,10 @@ def pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor, region_based:
 
 @torch.no_grad()
 def val_step(network: nn.Module, loss_fn: nn.Module, batch: Batch, device: torch.device, region_based: bool,
-             amp: bool) -> tuple[float, torch.Tensor]:
+             dtype: torch.dtype | None) -> tuple[float, torch.Tensor]:
     """Validation loss and pseudo-Dice counts of one batch (full-resolution output)."""
     data, target = _to_device(batch, device)
-    with _autocast(device, amp):
+    with _autocast(device, dtype):
         outputs = network(data)
         loss = loss_fn(outputs, target)
     full = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
@@ -167,7 +172,8 @@ def epoch_keys(epoch: int, options: TrainOptions, with_val: bool) -> Iterator[Ba
 
 def run_epoch(epoch: int, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler, stream: BatchStream, options: TrainOptions, device: torch.device,
-              region_based: bool, amp: bool, n_regions: int, show: bool) -> tuple[float, float, list[float]]:
+              region_based: bool, dtype: torch.dtype | None, n_regions: int,
+              show: bool) -> tuple[float, float, list[float]]:
     """Train and validate one epoch; return train loss, val loss and pseudo-Dice per region (all ranks)."""
     with_val = options.val_iters > 0 and bool(stream.makers["val"].case_ids)
     keys = list(epoch_keys(epoch, options, with_val))
@@ -177,11 +183,11 @@ def run_epoch(epoch: int, network: nn.Module, loss_fn: nn.Module, optimizer: tor
     bar = tqdm(total=len(keys), desc=f"epoch {epoch}", leave=False, disable=not show, dynamic_ncols=True)
     for key, batch in zip(keys, stream.batches(keys)):
         if key.stream == "train":
-            train_losses.append(train_step(network, loss_fn, optimizer, scaler, batch, device, options.grad_clip, amp))
+            train_losses.append(train_step(network, loss_fn, optimizer, scaler, batch, device, options.grad_clip, dtype))
             bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
         else:
             network.eval()
-            loss, c = val_step(network, loss_fn, batch, device, region_based, amp)
+            loss, c = val_step(network, loss_fn, batch, device, region_based, dtype)
             val_losses.append(loss)
             counts += c
         bar.update()
@@ -246,10 +252,10 @@ def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, option
     data = load_fold_data(paths, configuration, fold, dist)
     fold_dir = paths.fold_dir(configuration, fold)
     log_path = fold_dir / "log.txt"
-    amp = options.mixed_precision and device.type == "cuda"
+    dtype = compute_dtype_for(options.precision, device)
     network = _init_network(data, options, device)
     optimizer = build_optimizer(network, options)
-    scaler = torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     region_names = data.info.foreground_names
     ckpt = _start_state(fold_dir, options, data.plan)
     log = restore_training(ckpt, network, optimizer, scaler, options, fold_dir) if ckpt else TrainingLog(region_names)
@@ -266,14 +272,14 @@ def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, option
         write(f"{'resuming at' if ckpt else 'starting'} epoch {log.epochs_done} of {options.epochs}: "
               f"{configuration} fold {fold}, {len(data.split.train)} train / {len(data.split.val)} val cases, "
               f"patch {data.plan.patch_size}, batch {data.plan.batch_size} on {dist.world_size} process(es), "
-              f"device {device}, mixed precision {amp}")
-        _train_epochs(network, optimizer, scaler, data, options, dist, device, amp, log, fold_dir, fold, write)
+              f"device {device}, precision {dtype_name(dtype)}")
+        _train_epochs(network, optimizer, scaler, data, options, dist, device, dtype, log, fold_dir, fold, write)
     validated = (fold_dir / "validation" / "summary.json").is_file()
     if options.validate and main and data.split.val and (trains or not validated):
         write(f"validating {len(data.split.val)} held-out case(s) with a sliding window")
         load = functools.partial(_load_case, data.config_dir)
         summary = validate_cases(_plain(network), data.split.val, load, data.info, data.plan, device,
-                                 fold_dir / "validation")
+                                 fold_dir / "validation", compute_dtype=dtype)
         for region, metrics in summary["mean"].items():
             write(f"validation mean {region}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     ddp.barrier()
@@ -285,7 +291,7 @@ def _plain(network: nn.Module) -> nn.Module:
 
 
 def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, data: FoldData,
-                  options: TrainOptions, dist: ddp.DistInfo, device: torch.device, amp: bool, log: TrainingLog,
+                  options: TrainOptions, dist: ddp.DistInfo, device: torch.device, dtype: torch.dtype | None, log: TrainingLog,
                   fold_dir: Path, fold: int | str, write) -> None:
     model = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist.enabled else network
@@ -297,7 +303,7 @@ def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
             lr = poly_lr(epoch, options.epochs, options.lr, options.poly_exponent)
             set_lr(optimizer, lr)
             train_loss, val_loss, dice = run_epoch(epoch, model, loss_fn, optimizer, scaler, stream, options, device,
-                                                   data.info.region_based, amp, len(log.region_names), show)
+                                                   data.info.region_based, dtype, len(log.region_names), show)
             best = log.add(train_loss, val_loss, dice, lr, time.perf_counter() - start)
             if dist.is_main:
                 write(log.line(epoch))

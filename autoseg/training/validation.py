@@ -23,7 +23,8 @@ from autoseg.planning.plans import ConfigurationPlan
 
 
 def validate_cases(network: nn.Module, case_ids: list[str], load_case: Callable[[str], Any], info: DatasetInfo,
-                   plan: ConfigurationPlan, device: torch.device, out_dir: Path) -> dict[str, Any]:
+                   plan: ConfigurationPlan, device: torch.device, out_dir: Path,
+                   compute_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Predict each case, score it against its label, write summary.json and per_case.csv; return the summary."""
     from autoseg.evaluation.metrics import case_metrics
     from autoseg.inference.sliding_window import predict_sliding_window
@@ -33,7 +34,8 @@ def validate_cases(network: nn.Module, case_ids: list[str], load_case: Callable[
         case = load_case(case_id)
         data = torch.from_numpy(np.array(case.data, dtype=np.float32))  # a writable copy of the memory map
         probs = predict_sliding_window(network, data, plan.patch_size, info.num_outputs, info.region_based,
-                                       mirror_axes=plan.mirror_axes, step=0.5, device=device)
+                                       mirror_axes=plan.mirror_axes, step=0.5, device=device,
+                                       compute_dtype=compute_dtype)
         pred = info.label_from_outputs(probs.numpy())
         ref = np.clip(np.asarray(case.seg), 0, None).astype(np.uint8)
         per_case[case_id] = case_metrics(pred, ref, info, plan.spacing)

@@ -1,0 +1,42 @@
+"""Which floating-point type the network computes in (autocast), for training and prediction alike.
+
+``auto`` is fp16 on CUDA (nnU-Net's default, with a GradScaler when training), bf16 on a CPU that
+computes bf16 natively (AVX512-BF16 or AMX: 2.4x faster training steps and ~2x faster inference on the
+2-core benchmark machine, docs/performance.md) and fp32 elsewhere. Weights, optimizer state and the
+loss reduction stay fp32 in every case.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from autoseg.errors import fail
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def compute_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``precision`` on ``device``; None means plain fp32."""
+    if precision not in PRECISIONS:
+        raise fail(None, f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU computes bf16 natively (oneDNN says so); emulated bf16 would be slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
