@@ -50,7 +50,9 @@ STAGES = [
     Stage("fingerprint_plan", "fingerprint + plan (4 cases)", "seconds", "s", False, 5.0),
     Stage("preprocess", "preprocessing, per full-size case (4 cases, 2 workers)", "seconds", "s/case", False, 1.0),
     Stage("dataloader", "data loading + augmentation, 2x4x128^3 batches", "batches_per_s", "batches/s", True, 2.0),
-    Stage("train_step", "one training step (fwd+bwd+SGD), 2x4x128^3, 31 M params", "seconds", "s/step", False, 1.0),
+    Stage("train_step", "one training step (fwd+bwd+SGD), 2x4x128^3, 31 M params, each tool's default precision",
+          "seconds", "s/step", False, 1.0),
+    Stage("train_step_fp32", "the same step, fp32 in both (like for like)", "seconds", "s/step", False, 1.0),
     Stage("inference", "sliding-window inference, 1 full-size case, no TTA", "seconds", "s/case", False, 2.0),
     Stage("inference_tta", "sliding-window inference, 1 full-size case, 8-fold mirror TTA", "seconds", "s/case",
           False, 2.0),
@@ -135,7 +137,7 @@ def run_one(tool: str, stage: Stage, extra: list[str]) -> dict:
     return result
 
 
-SLOW = ("train_step", "inference_tta")  # about a minute (train step) or 7 minutes (nnU-Net TTA) per run
+SLOW = ("train_step", "train_step_fp32", "inference_tta")  # about a minute (train step) or 7 minutes (nnU-Net TTA) per run
 
 
 def measure(stages: list[Stage], repeats: int, slow_repeats: int, quick: bool, after_stage) -> list[dict]:
@@ -251,7 +253,7 @@ def report(stages: list[Stage], results: list[dict], args: argparse.Namespace, s
           for s in stages if s.name == "fingerprint_plan"),
         *(f"| {s.name} precision | {next((r['precision'] for r in by(s, 'autoseg') if 'precision' in r), '-')} "
           f"| {next((r['precision'] for r in by(s, 'nnunet') if 'precision' in r), '-')} |"
-          for s in stages if s.name.startswith("inference")),
+          for s in stages if s.name.startswith(("inference", "train_step"))),
     ]
     return "\n".join(out)
 

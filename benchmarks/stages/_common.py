@@ -50,6 +50,7 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=8, help="dataloader: batches drawn before timing (drains caches)")
     p.add_argument("--iters", type=int, default=1, help="train_step: timed steps after one warm-up step")
     p.add_argument("--case", default=None, help="inference: case id (default: the first training case)")
+    p.add_argument("--precision", default="auto", help="train_step: autoseg's --precision (nnU-Net: fp32 on CPU)")
     return p
 
 
@@ -61,7 +62,8 @@ def main(doc: str, tool: str, *, fingerprint_plan, preprocess, dataloader, train
         "fingerprint_plan": lambda a: fingerprint_plan(a.work),
         "preprocess": lambda a: preprocess(a.work),
         "dataloader": lambda a: dataloader(a.work, a.batches, a.warmup),
-        "train_step": lambda a: train_step(a.iters),
+        "train_step": lambda a: train_step(a.iters, a.precision),
+        "train_step_fp32": lambda a: train_step(a.iters, "fp32"),
         "inference": lambda a: inference(a.work, a.case, tta=False),
         "inference_tta": lambda a: inference(a.work, a.case, tta=True),
     }

@@ -113,12 +113,14 @@ def dataloader(work: Path, batches: int, warmup: int) -> dict:
     return out
 
 
-def train_step(iters: int) -> dict:
-    """autoseg.training.trainer.train_step (forward, DS Dice+BCE loss, backward, clip, SGD) on a fixed batch."""
+def train_step(iters: int, precision: str = "auto") -> dict:
+    """autoseg.training.trainer.train_step (forward, DS Dice+BCE loss, backward, clip, SGD) on a fixed batch,
+    computing in what ``--precision`` gives on this machine (``auto``: bf16 on a CPU with native bf16)."""
     import torch
 
     from autoseg.data.loader import Batch
     from autoseg.network import build_network
+    from autoseg.precision import compute_dtype_for, dtype_name
     from autoseg.training.losses import DeepSupervisionLoss, segmentation_loss
     from autoseg.training.options import TrainOptions
     from autoseg.training.trainer import build_optimizer
@@ -128,18 +130,19 @@ def train_step(iters: int) -> dict:
     torch.manual_seed(0)
     net = build_network(default_network_plan(), c.CHANNELS, c.REGIONS, deep_supervision=True)
     net.train()
-    options = TrainOptions(device="cpu")
+    options = TrainOptions(device="cpu", precision=precision)
+    cpu = torch.device("cpu")
+    dtype = compute_dtype_for(options.precision, cpu)
     optimizer = build_optimizer(net, options)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
     loss = DeepSupervisionLoss(segmentation_loss(region_based=True, batch_dice=False), region_based=True)
     data, targets = c.synthetic_batch()
     batch = Batch(data.numpy(), targets[0].to(torch.uint8).numpy())  # autoseg downsamples targets in the loss
-    cpu = torch.device("cpu")
-    step(net, loss, optimizer, scaler, batch, cpu, options.grad_clip, amp=False)  # warm-up
-    out: dict = {"iters": iters}
+    step(net, loss, optimizer, scaler, batch, cpu, options.grad_clip, dtype)  # warm-up
+    out: dict = {"iters": iters, "precision": dtype_name(dtype)}
     with c.timed(out, "total_seconds"):
         for _ in range(iters):
-            step(net, loss, optimizer, scaler, batch, cpu, options.grad_clip, amp=False)
+            step(net, loss, optimizer, scaler, batch, cpu, options.grad_clip, dtype)
     out["seconds"] = out["total_seconds"] / iters
     return out
 
@@ -151,7 +154,8 @@ def inference(work: Path, case: str | None, tta: bool) -> dict:
     import torch
 
     from autoseg.dataset import DatasetInfo
-    from autoseg.inference.predictor import Predictor, compute_dtype_for, predict_folder
+    from autoseg.inference.predictor import Predictor, predict_folder
+    from autoseg.precision import compute_dtype_for
     from autoseg.network import build_network
 
     torch.set_num_threads(c.threads())

@@ -131,13 +131,15 @@ def dataloader(work: Path, batches: int, warmup: int) -> dict:
     return out
 
 
-def train_step(iters: int) -> dict:
-    """nnUNetTrainer.train_step (forward, DS Dice+BCE loss, backward, clip, SGD) on a fixed batch."""
+def train_step(iters: int, precision: str = "auto") -> dict:
+    """nnUNetTrainer.train_step (forward, DS Dice+BCE loss, backward, clip, SGD) on a fixed batch.
+
+    fp32 whatever ``precision`` says: nnU-Net autocasts on CUDA only and has no option for it."""
     t = trainer()
     data, targets = c.synthetic_batch()
     t.network.train()
     t.train_step({"data": data, "target": targets})  # warm-up
-    out: dict = {"iters": iters}
+    out: dict = {"iters": iters, "precision": "fp32"}
     with c.timed(out, "total_seconds"):
         for _ in range(iters):
             t.train_step({"data": data, "target": targets})
