@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from multiprocessing import resource_tracker
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import resource_tracker
 from typing import TypeVar
 
 from tqdm import tqdm

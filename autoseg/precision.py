@@ -1,7 +1,7 @@
 """Which floating-point type the network computes in (autocast), for training and prediction alike.
 
 ``auto`` is fp16 on CUDA (nnU-Net's default, with a GradScaler when training), bf16 on a CPU that
-computes bf16 natively (AVX512-BF16 or AMX: 2.4x faster training steps and ~2x faster inference on the
+computes bf16 natively (AVX512-BF16 or AMX: about 2x faster training steps and inference on the
 2-core benchmark machine, docs/performance.md) and fp32 elsewhere. Weights, optimizer state and the
 loss reduction stay fp32 in every case.
 """
@@ -39,4 +39,5 @@ def cpu_has_bf16() -> bool:
 
 
 def dtype_name(dtype: torch.dtype | None) -> str:
+    """How logs and benchmarks name a compute dtype (None is fp32)."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

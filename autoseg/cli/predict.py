@@ -10,8 +10,8 @@ import torch
 from autoseg.cli._common import add_dataset, dataset_paths, parse_shard, parser
 from autoseg.errors import run_cli
 from autoseg.inference.predictor import CHECKPOINTS, PredictionReport, Predictor, predict_folder
-from autoseg.precision import PRECISIONS
 from autoseg.postprocessing import PostprocessingPlan
+from autoseg.precision import PRECISIONS
 
 
 def print_report(report: PredictionReport, out: str) -> int:

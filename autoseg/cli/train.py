@@ -38,8 +38,8 @@ def _main(argv: Sequence[str] | None) -> int:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     options = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=max(0, args.val_iters),
                            lr=args.lr, device=args.device, precision=args.precision, workers=args.workers,
-                           seed=args.seed, pretrained=args.pretrained, resume=args.resume, augment=not args.no_augmentation,
-                           validate=not args.no_validation)
+                           seed=args.seed, pretrained=args.pretrained, resume=args.resume,
+                           augment=not args.no_augmentation, validate=not args.no_validation)
     fold_dir = train_fold(dataset_paths(args), args.configuration, args.fold, options)
     print(f"autoseg-train: done; checkpoints, log.txt and progress.png in {fold_dir}")
     return 0

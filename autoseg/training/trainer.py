@@ -183,7 +183,8 @@ def run_epoch(epoch: int, network: nn.Module, loss_fn: nn.Module, optimizer: tor
     bar = tqdm(total=len(keys), desc=f"epoch {epoch}", leave=False, disable=not show, dynamic_ncols=True)
     for key, batch in zip(keys, stream.batches(keys)):
         if key.stream == "train":
-            train_losses.append(train_step(network, loss_fn, optimizer, scaler, batch, device, options.grad_clip, dtype))
+            train_losses.append(train_step(network, loss_fn, optimizer, scaler, batch, device, options.grad_clip,
+                                           dtype))
             bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
         else:
             network.eval()
@@ -291,8 +292,8 @@ def _plain(network: nn.Module) -> nn.Module:
 
 
 def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, data: FoldData,
-                  options: TrainOptions, dist: ddp.DistInfo, device: torch.device, dtype: torch.dtype | None, log: TrainingLog,
-                  fold_dir: Path, fold: int | str, write) -> None:
+                  options: TrainOptions, dist: ddp.DistInfo, device: torch.device, dtype: torch.dtype | None,
+                  log: TrainingLog, fold_dir: Path, fold: int | str, write) -> None:
     model = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist.enabled else network
     loss_fn = DeepSupervisionLoss(segmentation_loss(data.info.region_based, data.plan.batch_dice), data.info.region_based)
