@@ -20,6 +20,7 @@ import torch
 
 from autoseg.errors import fail
 from autoseg.io import atomic_path
+from autoseg.planning.plans import LEGACY_REGION_HEAD
 
 FORMAT = "autoseg-checkpoint-1"
 
@@ -27,7 +28,12 @@ FORMAT = "autoseg-checkpoint-1"
 def plan_hash(configuration: dict[str, Any]) -> str:
     """Stable hash of what makes weights compatible: network topology, channels, patch and spacing."""
     keys = ("network", "spacing", "patch_size", "normalization")
-    blob = json.dumps({k: configuration.get(k) for k in keys}, sort_keys=True, default=str)
+    selected = {k: configuration.get(k) for k in keys}
+    network = selected["network"]
+    if isinstance(network, dict) and network.get("region_head") == LEGACY_REGION_HEAD:
+        # a legacy plan read with its default filled in hashes as it did when saved without the field
+        selected["network"] = {k: v for k, v in network.items() if k != "region_head"}
+    blob = json.dumps(selected, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

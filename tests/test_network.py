@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from autoseg.errors import AutosegError
-from autoseg.network import build_network, check_network_plan, count_parameters
+from autoseg.network import (
+    RegionLogits,
+    build_network,
+    check_network_plan,
+    count_parameters,
+    network_for_dataset,
+    region_patterns,
+)
 from autoseg.planning.plans import NetworkPlan
 
 
@@ -89,3 +96,57 @@ def test_inconsistent_plans_are_refused(bad):
     good = plan("unet", [4, 8, 16], [[1, 1, 1], [2, 2, 2], [2, 2, 2]])
     with pytest.raises(AutosegError, match="rerun autoseg-plan"):
         check_network_plan(NetworkPlan(**{**good.__dict__, **bad}))
+
+
+# ---- nested region outputs ------------------------------------------------------------------------
+
+BRATS_REGIONS = [(1, 2, 4), (1, 4), (4,)]
+
+
+def test_region_patterns_are_the_distinct_memberships_with_background_first() -> None:
+    m = region_patterns(BRATS_REGIONS, [0, 1, 2, 4])
+    # patterns: background, necrosis (WT+TC), oedema (WT only), enhancing (all three)
+    assert m.tolist() == [[False, True, True, True], [False, True, False, True], [False, False, False, True]]
+    # labels with the same membership share one pattern; a label in no region is background
+    assert region_patterns([(1, 2), (3,)], [0, 1, 2, 3, 7]).tolist() == [[False, True, False], [False, False, True]]
+
+
+def test_region_logits_are_logits_of_summed_pattern_probabilities_and_nested() -> None:
+    m = region_patterns(BRATS_REGIONS, [0, 1, 2, 4])
+    z = torch.randn(2, 4, 5, 6, 7) * 8
+    p = torch.softmax(z, 1)
+    regions = torch.sigmoid(RegionLogits(m)(z))
+    for r in range(3):
+        torch.testing.assert_close(regions[:, r], p[:, m[r]].sum(1), atol=1e-6, rtol=1e-5)
+    assert (regions[:, 0] >= regions[:, 1] - 1e-6).all() and (regions[:, 1] >= regions[:, 2] - 1e-6).all()
+    assert torch.isfinite(RegionLogits(m)(torch.tensor([[0.0, -200.0, -200.0, 200.0]]))).all()
+
+
+def test_network_for_dataset_follows_the_plans_region_head() -> None:
+    from autoseg.dataset import DatasetInfo
+
+    info = DatasetInfo.from_dict({"name": "x", "channel_names": {"0": "a"}, "file_ending": ".nii.gz",
+                                  "numTraining": 1, "regions_class_order": [2, 1, 4],
+                                  "labels": {"background": 0, "wt": [1, 2, 4], "tc": [1, 4], "et": 4}})
+    p = plan("unet", [4, 8], [[1, 1, 1], [2, 2, 2]])
+    softmax = network_for_dataset(p, info)
+    sigmoid = network_for_dataset(NetworkPlan(**{**p.__dict__, "region_head": "sigmoid"}), info)
+    assert softmax.heads[0].out_channels == 4 and sigmoid.heads[0].out_channels == 3
+    x = torch.randn(1, 1, 8, 8, 8)
+    assert [o.shape[1] for o in softmax(x)] == [3] and [o.shape[1] for o in sigmoid(x)] == [3]
+    assert set(softmax.state_dict()) == set(sigmoid.state_dict())  # the read-out adds no weights
+    with pytest.raises(AutosegError, match="region_head"):
+        network_for_dataset(NetworkPlan(**{**p.__dict__, "region_head": "argmax"}), info)
+
+
+def test_plans_without_region_head_are_legacy_sigmoid_and_keep_their_checkpoint_hash() -> None:
+    from dataclasses import asdict
+
+    from autoseg.checkpoint import plan_hash
+
+    p = plan("unet", [4, 8], [[1, 1, 1], [2, 2, 2]])
+    legacy = {k: v for k, v in asdict(p).items() if k != "region_head"}
+    loaded = NetworkPlan.from_dict(legacy)
+    assert loaded.region_head == "sigmoid"
+    assert plan_hash({"network": legacy}) == plan_hash({"network": asdict(loaded)})
+    assert plan_hash({"network": asdict(p)}) != plan_hash({"network": asdict(loaded)})

@@ -17,7 +17,7 @@ from autoseg.dataset import DatasetInfo
 from autoseg.inference.predictor import (Predictor, find_input_cases, output_label_map, predict_folder,
                                          segmentation_from_probabilities)
 from autoseg.io import read_header, read_image
-from autoseg.network import build_network
+from autoseg.network import network_for_dataset
 from autoseg.paths import DatasetPaths
 from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan
 from autoseg.synthetic import write_brats_folders
@@ -37,7 +37,7 @@ def write_fold(home: Path, fold: int, seed: int) -> Path:
     info = DatasetInfo.load(paths.dataset_json)
     plan = tiny_plan()
     torch.manual_seed(seed)
-    net = build_network(plan.network, 4, info.num_outputs)
+    net = network_for_dataset(plan.network, info)
     path = paths.fold_dir("3d_fullres", fold) / "checkpoint_final.pt"
     save_checkpoint(path, {"configuration": asdict(plan), "dataset": info.to_dict(), "network_state": net.state_dict(),
                            "epoch": 0})

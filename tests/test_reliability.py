@@ -34,7 +34,7 @@ from autoseg.cli.preprocess import main as preprocess_main
 from autoseg.cli.train import main as train_main
 from autoseg.dataset import DatasetInfo
 from autoseg.io import Geometry, read_image, write_image
-from autoseg.network import build_network
+from autoseg.network import network_for_dataset
 from autoseg.paths import DatasetPaths
 from autoseg.planning.plans import Plans
 from autoseg.synthetic import write_brats_folders, write_raw_dataset
@@ -193,7 +193,7 @@ def fold_checkpoint(paths: DatasetPaths, fold: int = 0, seed: int = 0, configura
     config = configuration or asdict(plan)
     torch.manual_seed(seed)
     from autoseg.inference.predictor import configuration_from_dict
-    net = build_network(configuration_from_dict(config).network, info.num_channels, info.num_outputs)
+    net = network_for_dataset(configuration_from_dict(config).network, info)
     path = paths.fold_dir("3d_fullres", fold) / name
     save_checkpoint(path, {"configuration": config, "dataset": info.to_dict(), "network_state": net.state_dict(),
                            "epoch": 0})

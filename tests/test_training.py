@@ -170,12 +170,13 @@ def test_existing_run_needs_resume_finished_run_is_skipped_and_can_be_extended(p
 
 
 def test_pretrained_weights_load_when_the_network_matches_and_fail_clearly_otherwise(paths):
-    from autoseg.network import build_network
+    from autoseg.dataset import DatasetInfo
+    from autoseg.network import build_network, network_for_dataset
     from autoseg.training.state import load_pretrained
     fold_dir = train_fold(paths, "3d_fullres", 0, TrainOptions(epochs=1, **FAST))
     source = fold_dir / "checkpoint_final.pt"
     saved = _weights(fold_dir)["network_state"]
-    net = build_network(tiny_plan().network, 4, 3)
+    net = network_for_dataset(tiny_plan().network, DatasetInfo.load(paths.dataset_json))
     load_pretrained(net, source)
     assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
     two_outputs = build_network(tiny_plan().network, 4, 2)  # other regions: heads keep their init

@@ -28,7 +28,7 @@ from autoseg.dataset import DatasetInfo, check_case_id
 from autoseg.errors import AutosegError, fail
 from autoseg.inference.sliding_window import eval_mode, logits_to_probabilities, sliding_window_logits
 from autoseg.io import Geometry, read_image, save_npz_atomic, write_image
-from autoseg.network import build_network
+from autoseg.network import network_for_dataset
 from autoseg.parallel import shard as shard_items
 from autoseg.paths import DatasetPaths
 from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
@@ -110,7 +110,7 @@ def pick_device(device: str) -> torch.device:
 def configuration_from_dict(d: dict) -> ConfigurationPlan:
     """ConfigurationPlan from the dict stored in a checkpoint."""
     d = dict(d)
-    d["network"] = NetworkPlan(**d["network"])
+    d["network"] = NetworkPlan.from_dict(d["network"])
     d["normalization"] = [ChannelNormalization(**n) for n in d["normalization"]]
     return ConfigurationPlan(**d)
 
@@ -143,7 +143,7 @@ class Predictor:
         networks = []
         for i, path in enumerate(paths):
             ckpt = first if i == 0 else load_checkpoint(path, first["configuration"])
-            net = build_network(config.network, info.num_channels, info.num_outputs, deep_supervision=False)
+            net = network_for_dataset(config.network, info, deep_supervision=False)
             try:
                 net.load_state_dict(ckpt["network_state"])
             except RuntimeError as e:

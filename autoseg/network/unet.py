@@ -8,7 +8,8 @@ residual blocks (``resenc_unet``, after a one-conv stem); its first block is str
 
 Deep supervision: with ``deep_supervision = True`` forward returns the logits of every decoder level,
 full resolution first (length n_stages-1); otherwise only the full-resolution tensor, and only that
-head runs. The coarser heads then get no gradient, so DistributedDataParallel needs
+head runs. With ``region_membership`` (R, K) the heads predict K label-pattern logits that
+:class:`~autoseg.network.regions.RegionLogits` reads out as R nested region logits. The coarser heads then get no gradient, so DistributedDataParallel needs
 ``find_unused_parameters=True`` only when training with deep supervision switched off; the default
 (on) path uses every parameter.
 """
@@ -20,6 +21,7 @@ from torch import nn
 
 from autoseg.errors import AutosegError, fail
 from autoseg.network.blocks import ConvNormAct, conv_stack, init_he, ops, residual_stack
+from autoseg.network.regions import RegionLogits
 from autoseg.planning.plans import NetworkPlan
 
 ARCHS = ("unet", "resenc_unet")
@@ -51,10 +53,16 @@ def check_network_plan(plan: NetworkPlan) -> None:
 class UNet(nn.Module):
     """Plain or residual-encoder U-Net with optional deep supervision (see the module docstring)."""
 
-    def __init__(self, plan: NetworkPlan, in_channels: int, out_channels: int, deep_supervision: bool = True) -> None:
+    def __init__(self, plan: NetworkPlan, in_channels: int, out_channels: int, deep_supervision: bool = True,
+                 region_membership: torch.Tensor | None = None) -> None:
         super().__init__()
         check_network_plan(plan)
         self.deep_supervision = deep_supervision
+        self.to_regions = None if region_membership is None else RegionLogits(region_membership)
+        if self.to_regions is not None:
+            if region_membership.shape[0] != out_channels:
+                raise ValueError(f"{region_membership.shape[0]} regions in the membership, {out_channels} outputs asked")
+            out_channels = self.to_regions.num_patterns
         f, k, s = plan.features, plan.kernel_sizes, plan.strides
         o = ops(plan.ndim)
         self.stem: nn.Module = nn.Identity()
@@ -83,7 +91,8 @@ class UNet(nn.Module):
         for i in reversed(range(len(self.decoder))):
             x = self.decoder[i](torch.cat((self.up[i](x), skips[i]), dim=1))
             if self.deep_supervision or i == 0:
-                outputs.append(self.heads[i](x))
+                out = self.heads[i](x)
+                outputs.append(out if self.to_regions is None else self.to_regions(out))
         if not self.deep_supervision:
             return outputs[-1]
         return outputs[::-1]

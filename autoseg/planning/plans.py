@@ -14,6 +14,8 @@ from autoseg.errors import fail
 from autoseg.io import read_json, write_json_atomic
 
 PLANS_VERSION = 1
+REGION_HEADS = ("softmax", "sigmoid")
+LEGACY_REGION_HEAD = "sigmoid"  # what a plan without ``region_head`` trained
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,9 @@ class NetworkPlan:
 
     Stage i has ``features[i]`` channels, convolutions with ``kernel_sizes[i]`` and is entered with
     ``strides[i]`` (stage 0 has stride 1). The decoder mirrors the encoder with transposed convs.
+    ``region_head`` (region-based datasets only): ``"softmax"`` over the label patterns, read out as
+    nested region logits (:mod:`autoseg.network.regions`), or ``"sigmoid"``, one independent sigmoid per
+    region as nnU-Net; plans written before the field existed are ``"sigmoid"``.
     """
 
     arch: str
@@ -30,6 +35,12 @@ class NetworkPlan:
     strides: list[list[int]]
     n_conv_encoder: list[int]
     n_conv_decoder: list[int]
+    region_head: str = "softmax"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NetworkPlan:
+        """From plans.json or a checkpoint; a plan without ``region_head`` predates it: ``"sigmoid"``."""
+        return cls(**{"region_head": LEGACY_REGION_HEAD, **d})
 
     @property
     def n_stages(self) -> int:
@@ -106,7 +117,7 @@ class Plans:
             configs = {}
             for name, c in d["configurations"].items():
                 c = dict(c)
-                c["network"] = NetworkPlan(**c["network"])
+                c["network"] = NetworkPlan.from_dict(c["network"])
                 c["normalization"] = [ChannelNormalization(**n) for n in c["normalization"]]
                 configs[name] = ConfigurationPlan(**c)
             return cls(**{**d, "configurations": configs})

@@ -203,10 +203,10 @@ def run_epoch(epoch: int, network: nn.Module, loss_fn: nn.Module, optimizer: tor
 
 
 def _init_network(fold: FoldData, options: TrainOptions, device: torch.device) -> nn.Module:
-    from autoseg.network import build_network
+    from autoseg.network import network_for_dataset
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
-        network = build_network(fold.plan.network, fold.info.num_channels, fold.info.num_outputs, deep_supervision=True)
+        network = network_for_dataset(fold.plan.network, fold.info, deep_supervision=True)
     if options.pretrained:
         load_pretrained(network, Path(options.pretrained))
     return network.to(device)
