@@ -8,7 +8,6 @@ The stages are imported inside the steps, so ``autoseg-demo --help`` answers wit
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -23,15 +22,14 @@ DEMO_NAME = "DemoBraTS"
 CONFIGURATION = "3d_fullres"
 FOLD = 0
 MARKER = ".autoseg-demo"
-EPOCH_TIME_MARGIN = 1.05   # later epochs may be slower than the measured first one on a busy machine
-RESERVE_SHARE = 0.05       # of the budget, kept for validation, prediction, evaluation and pictures
 Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes of the demo. ``epochs`` is an upper bound: training stops earlier to fit the time budget.
-    ``full`` is meant for a 10-minute budget on 2 CPU cores, ``quick`` for checking an install in about one."""
+    """Sizes of the demo. Training is a fixed number of epochs, so the result does not depend on the
+    machine's speed. ``full`` (7 x 25 iterations) fits 10 minutes on a 2-core CPU without native bf16
+    (fp32; docs/accuracy.md), ``quick`` checks an install in about a minute."""
 
     n_train: int
     n_test: int
@@ -45,7 +43,7 @@ class DemoSettings:
 
     @classmethod
     def full(cls) -> DemoSettings:
-        return cls(n_train=12, n_test=3, shape=(48, 64, 64), epochs=40, iters_per_epoch=25, val_iters=4,
+        return cls(n_train=12, n_test=3, shape=(48, 64, 64), epochs=7, iters_per_epoch=25, val_iters=4,
                    vram_gb=0.5, base_features=16, max_features=128)
 
     @classmethod
@@ -56,14 +54,14 @@ class DemoSettings:
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """Where to write, how big, and the wall-time budget training is fitted into."""
+    """Where to write, how big, and how to train (``precision``: see autoseg.precision)."""
 
     home: Path
     out: Path
     settings: DemoSettings
-    minutes_budget: float = 10.0
     workers: int = 2
     seed: int = 0
+    precision: str = "auto"
 
 
 @dataclass
@@ -119,13 +117,6 @@ def mark(folder: Path) -> None:
     (folder / MARKER).write_text("written by autoseg-demo; the next autoseg-demo run deletes this folder\n")
 
 
-def epochs_within_budget(time_left_s: float, epoch_s: float, max_epochs: int, margin: float = EPOCH_TIME_MARGIN) -> int:
-    """How many more epochs of ``epoch_s`` seconds (times ``margin``) fit in ``time_left_s``: 0 to ``max_epochs``."""
-    if epoch_s <= 0:
-        return max_epochs
-    return max(0, min(max_epochs, math.floor(time_left_s / (epoch_s * margin))))
-
-
 # ---- steps ----------------------------------------------------------------------------------------
 
 def generate_data(opts: DemoOptions) -> tuple[Path, Path]:
@@ -164,37 +155,14 @@ def preprocess(paths: DatasetPaths, workers: int) -> list[str]:
     return preprocess_dataset(paths, CONFIGURATION, workers)
 
 
-def train(paths: DatasetPaths, opts: DemoOptions, epochs: int, resume: bool, validate: bool = True) -> Path:
+def train(paths: DatasetPaths, opts: DemoOptions) -> Path:
+    """Train fold 0 for the settings' fixed number of epochs, then validate it, as autoseg-train does."""
     from autoseg.training import TrainOptions, train_fold
 
     s = opts.settings
-    options = TrainOptions(epochs=epochs, iters_per_epoch=s.iters_per_epoch, val_iters=s.val_iters, device="cpu",
-                           workers=opts.workers, seed=opts.seed, resume=resume, validate=validate)
+    options = TrainOptions(epochs=s.epochs, iters_per_epoch=s.iters_per_epoch, val_iters=s.val_iters, device="cpu",
+                           workers=opts.workers, seed=opts.seed, precision=opts.precision)
     return train_fold(paths, CONFIGURATION, FOLD, options)
-
-
-def train_within_budget(paths: DatasetPaths, opts: DemoOptions, elapsed_s: float, say: Say) -> tuple[Path, int]:
-    """Train one epoch to measure the speed, then resume for as many epochs as the budget leaves room for.
-
-    The epoch time comes from the training log (without start-up, which the resumed run pays once more);
-    ``RESERVE_SHARE`` of the budget is kept for prediction and evaluation. Returns the fold folder and epochs.
-    """
-    from autoseg.checkpoint import load_checkpoint
-
-    t0 = time.perf_counter()
-    max_epochs = opts.settings.epochs
-    fold_dir = train(paths, opts, 1, resume=False, validate=max_epochs == 1)
-    call_s = time.perf_counter() - t0
-    epoch_s = float(load_checkpoint(fold_dir / "checkpoint_latest.pt")["log"]["epoch_time"][0])
-    startup_s = max(0.0, call_s - epoch_s)
-    budget_s = opts.minutes_budget * 60
-    time_left = budget_s * (1 - RESERVE_SHARE) - elapsed_s - call_s - startup_s
-    epochs = 1 + epochs_within_budget(time_left, epoch_s, max_epochs - 1)
-    say(f"    1 epoch took {epoch_s:.0f} s (+{startup_s:.0f} s start-up); training {epochs} epoch(s) in all "
-        f"to stay within {opts.minutes_budget:g} min")
-    if max_epochs > 1:  # trains the remaining epochs (none when the budget allows only one), then validates
-        fold_dir = train(paths, opts, epochs, resume=True)
-    return fold_dir, epochs
 
 
 def predict(paths: DatasetPaths, out: Path) -> Path:
@@ -292,7 +260,7 @@ def run_demo(opts: DemoOptions, say: Say = print) -> DemoResult:
     table = clock.step(f"verify, fingerprint, plan (--vram {s.vram_gb:g})", plan, paths, s, opts.workers)
     say("    " + table.replace("\n", "\n    "))
     clock.step("preprocess", preprocess, paths, opts.workers)
-    fold_dir, epochs = clock.step("train fold 0", train_within_budget, paths, opts, clock.elapsed, say)
+    fold_dir = clock.step(f"train fold 0 ({s.epochs} epochs x {s.iters_per_epoch} iterations)", train, paths, opts)
     pred_dir = clock.step("predict test cases", predict, paths, out)
     summary, per_case = clock.step("evaluate", evaluate, pred_dir, refs, paths, out, opts.workers)
     report = clock.step("overlays + report", draw_pictures, paths, pred_dir, refs, out, summary, per_case)
@@ -300,4 +268,4 @@ def run_demo(opts: DemoOptions, say: Say = print) -> DemoResult:
                  "plan": paths.plans_json, "preprocessed": paths.config_dir(CONFIGURATION), "trained fold": fold_dir,
                  "predictions": pred_dir, "metrics": out / "evaluation" / "summary.json",
                  "overlays": out / "overlays", "report": report}
-    return DemoResult(paths, mean_dice(summary), artefacts, clock.seconds, epochs)
+    return DemoResult(paths, mean_dice(summary), artefacts, clock.seconds, s.epochs)
