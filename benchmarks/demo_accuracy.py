@@ -1,0 +1,127 @@
+"""The demo's accuracy per seed and region head, on one machine (docs/accuracy.md).
+
+    python benchmarks/demo_accuracy.py --work W --seeds 0 1 2 --region-head sigmoid softmax [--precision fp32]
+
+Makes the demo's synthetic dataset once under W (12 training + 3 test cases, the demo's plan), then
+for every seed and region head trains fold 0 with the demo's fixed settings (7 x 25 iterations),
+predicts and scores the 3 test cases. Appends one JSON line per run to W/results.jsonl (per-epoch
+pseudo-Dice, test Dice per region, training seconds) and prints a markdown table of all runs.
+``--trace`` also records, per training step, each region's BCE and Dice at full resolution and the
+whole-tumour logit on oedema-only voxels (the measurement that found the collapse's cause).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+
+def _dataset(home: Path, head: str):
+    """The demo's data, planned with the demo's settings and the given region head."""
+    from autoseg.demo import CONFIGURATION, DemoOptions, DemoSettings, convert, demo_paths, generate_data, plan, preprocess
+    from autoseg.planning.plans import Plans
+
+    opts = DemoOptions(home=home, out=home / "demo", settings=DemoSettings.full(), workers=2)
+    paths = demo_paths(home)
+    if not paths.config_dir(CONFIGURATION).is_dir():
+        src, _ = generate_data(opts)
+        convert(src, paths, 2)
+        plan(paths, opts.settings, 2)
+        preprocess(paths, 2)
+    plans = Plans.load(paths.plans_json)
+    configs = {k: replace(c, network=replace(c.network, region_head=head)) for k, c in plans.configurations.items()}
+    replace(plans, configurations=configs).save(paths.plans_json)  # same data and split, other head
+    return opts, paths
+
+
+def _trace_steps(records: list) -> None:
+    """Record per-step loss terms of the full-resolution output (training steps only)."""
+    import torch
+    import torch.nn.functional as F
+
+    from autoseg.training import losses
+
+    original = losses.DiceBCELoss.forward
+    full_resolution: list = []  # the first output seen is the full-resolution one
+
+    def forward(self, logits, target):
+        if logits.requires_grad and not full_resolution:
+            full_resolution.append(tuple(logits.shape[2:]))
+        if logits.requires_grad and tuple(logits.shape[2:]) == full_resolution[0]:
+            with torch.no_grad():
+                lg, tg = logits.float(), target.float()
+                bce = [float(F.binary_cross_entropy_with_logits(lg[:, r], tg[:, r])) for r in range(lg.shape[1])]
+                dice = [float(losses.soft_dice_loss(torch.sigmoid(lg[:, r:r + 1]), tg[:, r:r + 1], False))
+                        for r in range(lg.shape[1])]
+                oedema = (tg[:, 0] > 0) & (tg[:, 1] == 0)
+                wt_on_oedema = float(lg[:, 0][oedema].mean()) if oedema.any() else float("nan")
+                records.append([bce, dice, wt_on_oedema])
+        return original(self, logits, target)
+
+    losses.DiceBCELoss.forward = forward
+
+
+def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, trace: bool) -> dict:
+    from autoseg.checkpoint import load_checkpoint
+    from autoseg.demo import CONFIGURATION, FOLD, evaluate, mean_dice, predict
+    from autoseg.training import TrainOptions, train_fold
+
+    home = work / "demo_home"
+    opts, paths = _dataset(home, head)
+    s = opts.settings
+    fold_dir = paths.fold_dir(CONFIGURATION, FOLD)
+    shutil.rmtree(fold_dir, ignore_errors=True)
+    records: list = []
+    if trace:
+        _trace_steps(records)
+    t0 = time.perf_counter()
+    train_fold(paths, CONFIGURATION, FOLD, TrainOptions(
+        epochs=epochs or s.epochs, iters_per_epoch=s.iters_per_epoch, val_iters=s.val_iters, device="cpu",
+        workers=2, seed=seed, precision=precision, progress=False))
+    train_s = time.perf_counter() - t0
+    log = load_checkpoint(fold_dir / "checkpoint_final.pt")["log"]
+    out = work / f"out_seed{seed}_{head}_{precision}"
+    summary, _ = evaluate(predict(paths, out), opts.out / "references", paths, out, 2)
+    result = {"seed": seed, "region_head": head, "precision": precision, "train_s": train_s,
+              "test_dice": mean_dice(summary), "pseudo_dice": log["pseudo_dice"],
+              "trace": records if trace else None}
+    with open(work / "results.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+    return result
+
+
+def table(work: Path) -> str:
+    rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
+    lines = ["| head | precision | seed | pseudo-Dice WT/TC/ET per epoch | test WT | test TC | test ET |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        curve = " · ".join("/".join(f"{d:.2f}" for d in e) for e in r["pseudo_dice"])
+        d = list(r["test_dice"].values())
+        lines.append(f"| {r['region_head']} | {r['precision']} | {r['seed']} | {curve} | "
+                     + " | ".join(f"{v:.3f}" for v in d) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--region-head", nargs="+", default=["sigmoid", "softmax"], choices=("sigmoid", "softmax"))
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--trace", action="store_true")
+    p.add_argument("--table-only", action="store_true")
+    a = p.parse_args()
+    if not a.table_only:
+        for head in a.region_head:
+            for seed in a.seeds:
+                run(a.work, seed, head, a.precision, a.epochs, a.trace)
+    print(table(a.work))
+
+
+if __name__ == "__main__":
+    main()
