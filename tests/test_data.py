@@ -145,6 +145,28 @@ def test_augmentation_is_reproducible_and_leaves_numpy_global_state_alone():
     assert outs[0][1].min() >= 0  # -1 (outside) became background
 
 
+def test_modality_dropout_zeroes_some_but_never_all_channels_and_is_off_by_default():
+    base = AugmentationParams((12, 12, 12), (0, 1, 2))
+    initial = initial_patch_size(base.patch_size)
+    rng = np.random.default_rng(1)
+    data = (rng.standard_normal((4, *initial)) + 3).astype(np.float32)   # no channel is zero by chance
+    seg = np.zeros((1, *initial), np.int8)
+    off, always = training_transforms(base), training_transforms(AugmentationParams(**{**base.__dict__,
+                                                                                       "modality_dropout": 1.0}))
+    counts = set()
+    for seed in range(40):
+        d_off, _ = augment(off, data, seg, seed)
+        d_on, _ = augment(always, data, seg, seed)
+        zero = [c for c in range(4) if not d_on[c].any()]
+        assert 1 <= len(zero) <= 3 and all(d_off[c].any() for c in range(4))
+        kept = [c for c in range(4) if c not in zero]
+        np.testing.assert_array_equal(d_on[kept], d_off[kept])  # the rest of the sample is the same
+        counts.add(len(zero))
+    assert counts == {1, 2, 3}
+    single = training_transforms(AugmentationParams((12, 12, 12), (0,), modality_dropout=1.0))
+    assert augment(single, data[:1], seg, 0)[0].any()  # one channel is never dropped
+
+
 # ---- loader -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_paths(tmp_path_factory):

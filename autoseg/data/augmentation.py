@@ -4,7 +4,9 @@ Spatial (rotation p 0.2, scaling 0.7-1.4 p 0.2, no elastic deformation) from the
 patch down to the final patch, then Gaussian noise (p 0.1), blur (p 0.2), multiplicative brightness
 (p 0.15), contrast (p 0.15), simulated low resolution (p 0.25), inverted gamma (p 0.1), gamma
 (p 0.3), mirroring along the plan's axes (p 0.5 each), zeroing outside the brain mask, and -1 -> 0
-in the segmentation. Parameters and sampling rules are batchgenerators v1's (the rotation matrices
+in the segmentation. With ``modality_dropout`` p > 0 (not nnU-Net's; off by default), a sample
+loses, with probability p, a random non-empty proper subset of its channels (zeroed after
+normalisation, i.e. set to the channel's mean), so the network learns to predict from the rest. Parameters and sampling rules are batchgenerators v1's (the rotation matrices
 are its own); the arithmetic runs in torch, as nnU-Net v2's batchgeneratorsv2 does:
 
 * a sample drawn without rotation and scaling (about 64 %) is a pure centre crop, no interpolation;
@@ -82,6 +84,7 @@ class AugmentationParams:
     patch_size: tuple[int, ...]
     mirror_axes: tuple[int, ...]
     masked_channels: tuple[int, ...] = ()  # channels normalised inside the brain mask: zero outside after aug
+    modality_dropout: float = 0.0          # probability that a training sample loses some (never all) channels
 
 
 @contextlib.contextmanager
@@ -171,6 +174,9 @@ class Augmenter:
             if self.train:
                 d = self._intensity(d, rng)
                 flips = [a + 1 for a in self.params.mirror_axes if rng.random() < 0.5]
+                if self.params.modality_dropout > 0:  # draws only when on: the default stream is unchanged
+                    for c in dropped_channels(rng, d.shape[0], self.params.modality_dropout):
+                        d[c].zero_()
             outside = s[0] < 0
             for c in self.params.masked_channels:
                 d[c].masked_fill_(outside, 0)
@@ -251,6 +257,14 @@ class Augmenter:
                 for c in channels:
                     d[c] = _gamma(d[c], _draw_factor(rng, 0.7, 1.5), invert)
         return d
+
+
+def dropped_channels(rng: np.random.Generator, n_channels: int, p: float) -> list[int]:
+    """With probability ``p``, a uniformly sized random subset of 1..n-1 channels to zero; else none."""
+    if n_channels < 2 or rng.random() >= p:
+        return []
+    k = int(rng.integers(1, n_channels))
+    return sorted(int(c) for c in rng.choice(n_channels, size=k, replace=False))
 
 
 def training_transforms(params: AugmentationParams) -> Augmenter:

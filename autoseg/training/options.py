@@ -28,6 +28,7 @@ class TrainOptions:
     pretrained: Path | None = None
     resume: bool = False
     augment: bool = True
+    modality_dropout: float = 0.0   # share of training samples with some (never all) channels zeroed
     validate: bool = True           # sliding-window validation of the held-out cases at the end
     progress: bool = True           # tqdm bar
 

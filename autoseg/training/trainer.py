@@ -87,7 +87,7 @@ def batch_makers(fold: FoldData, options: TrainOptions, dist: ddp.DistInfo) -> d
     plan = fold.plan
     patch = tuple(plan.patch_size)
     masked = tuple(i for i, n in enumerate(plan.normalization) if n.use_mask)
-    aug = AugmentationParams(patch, tuple(plan.mirror_axes), masked)
+    aug = AugmentationParams(patch, tuple(plan.mirror_axes), masked, options.modality_dropout)
     oversample = plan.oversample_foreground if options.oversample is None else options.oversample
     share = ddp.rank_share(plan.batch_size, dist)
     load = functools.partial(_load_case, fold.config_dir)
