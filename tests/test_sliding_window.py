@@ -84,3 +84,28 @@ def test_training_state_is_restored() -> None:
     net.deep_supervision = True
     predict_sliding_window(net, torch.randn(1, 8, 8, 8), (8, 8, 8), 1, True)
     assert net.training and net.deep_supervision
+
+
+def test_members_are_the_flips_and_average_to_the_default() -> None:
+    members: list[torch.Tensor] = []
+    data = torch.randn(1, 8, 8, 16)
+    mean = sliding_window_logits(_Ramp(), data, (8, 8, 16), 1, mirror_axes=(2,),
+                                 member=lambda m: members.append(m.clone()))
+    ramp = torch.linspace(-1, 1, 16)
+    assert len(members) == 2
+    torch.testing.assert_close(members[0][0, 3, 5], ramp)          # no flip
+    torch.testing.assert_close(members[1][0, 3, 5], ramp.flip(0))  # the ramp axis flipped back
+    torch.testing.assert_close(mean, torch.zeros(1, 8, 8, 16))
+
+
+@pytest.mark.parametrize("shape", [(14, 21, 19), (7, 10, 11)])
+def test_member_mean_equals_the_default_with_overlap_and_padding(shape: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.Tanh(), nn.Conv3d(4, 3, 3, padding=1)).eval()
+    data = torch.randn(2, *shape)
+    count = []
+    default = sliding_window_logits(net, data, (8, 12, 12), 3, mirror_axes=(0, 1, 2), batch_size=3)
+    mean = sliding_window_logits(net, data, (8, 12, 12), 3, mirror_axes=(0, 1, 2), batch_size=3,
+                                 member=lambda m: count.append(m.shape))
+    assert count == [(3, *shape)] * 8
+    torch.testing.assert_close(mean, default, atol=1e-6, rtol=1e-5)

@@ -4,7 +4,8 @@
 channels into probabilities in the input's own grid (fold logits averaged, then sigmoid/softmax).
 :func:`predict_folder` runs it over a folder (raw layout or BraTS case folders), writes NIfTI
 segmentations in each input's geometry and label convention, skips finished cases, and reports a
-bad case in one line while the others finish.
+bad case in one line while the others finish. With ``uncertainty`` it also writes per-voxel entropy and
+member-variance maps and a per-case score (:mod:`autoseg.inference.uncertainty`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from autoseg.brats import ENHANCING, find_brats_case
 from autoseg.checkpoint import load_checkpoint
 from autoseg.dataset import DatasetInfo, check_case_id
 from autoseg.errors import AutosegError, fail
-from autoseg.inference.sliding_window import eval_mode, logits_to_probabilities, sliding_window_logits
+from autoseg.inference.sliding_window import (eval_mode, logits_to_probabilities, mirror_combinations,
+                                              sliding_window_logits)
+from autoseg.inference.uncertainty import RunningVariance, uncertainty_paths, write_case_uncertainty, write_scores_csv
 from autoseg.io import Geometry, read_image, save_npz_atomic, write_image
 from autoseg.network import network_for_dataset
 from autoseg.parallel import shard as shard_items
@@ -176,21 +179,35 @@ class Predictor:
     def mirror_axes(self) -> tuple[int, ...]:
         return tuple(self.config.mirror_axes) if self.mirroring else ()
 
-    def logits(self, data: torch.Tensor, progress: bool = False) -> torch.Tensor:
-        """Fold-averaged logits (num_outputs, *preprocessed shape) of a preprocessed case."""
+    @property
+    def num_members(self) -> int:
+        """Ensemble members: fold networks x mirrorings."""
+        return len(self.networks) * len(mirror_combinations(self.mirror_axes))
+
+    def logits(self, data: torch.Tensor, progress: bool = False, members: RunningVariance | None = None
+               ) -> torch.Tensor:
+        """Fold-averaged logits (num_outputs, *preprocessed shape) of a preprocessed case; ``members``, when
+        given, receives every member's probabilities (the flips then run one after the other)."""
         total = None
         for i, net in enumerate(self.networks):
             with eval_mode(net):
-                out = self._fold_logits(i, data, progress)
+                out = self._fold_logits(i, data, progress, members)
             total = out if total is None else total.add_(out)
         assert total is not None
         return total.div_(len(self.networks))
 
-    def _fold_logits(self, i: int, data: torch.Tensor, progress: bool) -> torch.Tensor:
+    def _fold_logits(self, i: int, data: torch.Tensor, progress: bool,
+                     members: RunningVariance | None = None) -> torch.Tensor:
+        def add_member(logits: torch.Tensor) -> None:
+            assert members is not None
+            members.add(logits_to_probabilities(logits, self.info.region_based))
+
+        counted = members.count if members is not None else 0
+
         def run(net: nn.Module) -> torch.Tensor:
             return sliding_window_logits(net, data, self.config.patch_size, self.info.num_outputs, self.mirror_axes,
                                          self.step, self.batch_size, self.device, self.compute_dtype,
-                                         progress=progress)
+                                         progress=progress, member=None if members is None else add_member)
         if not self.compile:
             return run(self.networks[i])
         first = i not in self._compiled
@@ -204,7 +221,7 @@ class Predictor:
             with inductor_config.patch(freezing=True):
                 return run(self._compiled[i])
         except Exception as e:  # noqa: BLE001 - no compiler / unsupported op: eager is always correct
-            if not first:
+            if not first or (members is not None and members.count != counted):   # members would count twice
                 raise
             print(f"autoseg: torch.compile unavailable ({type(e).__name__}); predicting without it", file=sys.stderr)
             self.compile = False
@@ -220,6 +237,20 @@ class Predictor:
     def probabilities_preprocessed(self, data: torch.Tensor, progress: bool = False) -> np.ndarray:
         logits = self.logits(data, progress)
         return logits_to_probabilities(logits, self.info.region_based).float().cpu().numpy()
+
+    def predict_with_variance(self, images: list[np.ndarray], geometry: Geometry, progress: bool = False
+                              ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict`'s probabilities (up to float rounding) and the members' probability variance,
+        averaged over the outputs, (z, y, x) float32, both in the input's grid (0 outside the crop)."""
+        data, _, props = preprocess_case(images, geometry, self.config, self.info)
+        members = RunningVariance()
+        logits = self.logits(torch.from_numpy(data), progress, members)
+        probs = logits_to_probabilities(logits, self.info.region_based).float().cpu().numpy()
+        del logits
+        variance = members.variance().mean(0, keepdim=True).cpu().numpy()
+        del members
+        background = None if self.info.region_based else 0
+        return restore_probabilities(probs, props, background), restore_probabilities(variance, props)[0]
 
 
 def segmentation_from_probabilities(probs: np.ndarray, info: DatasetInfo, convention: str | None = None,
@@ -271,7 +302,8 @@ def _prefetch(cases: list[InputCase]) -> Iterator[tuple[InputCase, Future]]:
 
 def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str | Path,
                    save_probs: bool = False, postprocessing: PostprocessingPlan | None = None,
-                   shard: tuple[int, int] = (0, 1), overlay_png: bool = False, progress: bool = True) -> PredictionReport:
+                   shard: tuple[int, int] = (0, 1), overlay_png: bool = False, progress: bool = True,
+                   uncertainty: bool = False) -> PredictionReport:
     """Predict every case of ``input_dir`` (its ``shard``) into ``output_dir``; see the module docstring."""
     out_dir = Path(output_dir)
     cases = find_input_cases(input_dir, predictor.info.num_channels, predictor.info.file_ending)
@@ -284,7 +316,8 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
                    "choose a writable folder with -o") from None
     todo = []
     for case in cases:
-        if _is_done(case, out_dir, save_probs):
+        if _is_done(case, out_dir, save_probs) and (
+                not uncertainty or uncertainty_paths(out_dir, case.case_id)[2].is_file()):
             report.skipped.append(case.case_id)
         else:
             todo.append(case)
@@ -294,9 +327,13 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
         for case, loaded in _prefetch(todo):
             try:
                 images, geometry = loaded.result()
-                probs = predictor.predict(images, geometry, progress)
+                if uncertainty:
+                    probs, variance = predictor.predict_with_variance(images, geometry, progress)
+                else:
+                    probs, variance = predictor.predict(images, geometry, progress), None
                 pending.append(writer.submit(_export, case, probs, geometry, predictor.info, out_dir, save_probs,
-                                             postprocessing, images[-1] if overlay_png else None))
+                                             postprocessing, images[-1] if overlay_png else None, variance,
+                                             predictor.num_members))
                 report.written.append(case.case_id)
             except AutosegError as e:
                 report.failed.append(f"{case.case_id}: {e}")
@@ -308,16 +345,25 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
                 report.written.remove(case_id)
                 report.failed.append(f"{case_id}: {e}")
     bar.close()
+    if uncertainty:
+        try:
+            write_scores_csv(out_dir)
+        except AutosegError as e:
+            report.failed.append(str(e))
     return report
 
 
 def _export(case: InputCase, probs: np.ndarray, geometry: Geometry, info: DatasetInfo, out_dir: Path,
-            save_probs: bool, postprocessing: PostprocessingPlan | None, image: np.ndarray | None) -> None:
+            save_probs: bool, postprocessing: PostprocessingPlan | None, image: np.ndarray | None,
+            variance: np.ndarray | None = None, members: int = 0) -> None:
     seg_path, npz_path = output_paths(out_dir, case.case_id)
     if save_probs:
         save_probabilities(npz_path, probs, geometry, info, case.convention)
     seg = segmentation_from_probabilities(probs, info, case.convention, postprocessing)
     write_image(seg_path, seg, geometry)
+    if variance is not None:
+        write_case_uncertainty(out_dir, case.case_id, probs, variance, members, seg, geometry, info,
+                               output_label_map(info, case.convention))
     if image is not None:
         from autoseg.visualize import save_overlay_png
         save_overlay_png(image, seg, out_dir / f"{case.case_id}.png", title=case.case_id)

@@ -9,6 +9,10 @@ are batched together. Images smaller than the patch are zero-padded and cropped 
 
 The weighted logits are accumulated in float32, or in float16 when the accumulator would pass
 ``ACCUMULATOR_FP32_LIMIT`` bytes, so a large volume never needs a float32 copy per output.
+
+For uncertainty, ``member=`` runs the flips one after the other instead of together and hands each
+flip's stitched logits (one ensemble member) to a callback before averaging them, so member statistics
+need one accumulator, however many flips; without it the loop is the one above, unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,12 +104,16 @@ def _batches(items: list[_Item], size: int) -> Iterator[list[_Item]]:
 def sliding_window_logits(network: nn.Module, data: torch.Tensor, patch_size: Sequence[int], num_outputs: int,
                           mirror_axes: Sequence[int] = (), step: float = 0.5, batch_size: int = 1,
                           device: str | torch.device = "cpu", compute_dtype: torch.dtype | None = None,
-                          accumulate_dtype: torch.dtype | None = None, progress: bool = False) -> torch.Tensor:
+                          accumulate_dtype: torch.dtype | None = None, progress: bool = False,
+                          member: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Gaussian-weighted mean logits (num_outputs, *spatial) of ``network`` over overlapping windows.
 
     ``data`` is (C, *spatial). ``patch_size`` has as many axes as the network (3 for 3d; 2 for a 2d
     network, which then runs on the last two axes slice by slice). ``mirror_axes`` index the patch
-    axes. ``compute_dtype`` (e.g. ``torch.bfloat16``) runs the network under autocast.
+    axes. ``compute_dtype`` (e.g. ``torch.bfloat16``) runs the network under autocast. ``member``, when
+    given, is called once per flip with that flip's stitched logits (num_outputs, *spatial), a buffer
+    reused after the call returns; the result is then the mean of those members (equal to the default
+    up to float rounding, as the sums run in another order).
     """
     device = torch.device(device)
     spatial = tuple(data.shape[1:])
@@ -125,28 +133,44 @@ def sliding_window_logits(network: nn.Module, data: torch.Tensor, patch_size: Se
     flips = [tuple(a + lead for a in f) for f in mirror_combinations(mirror_axes)]
     starts = [compute_steps(s, p, step) for s, p in zip(pshape, full_patch)]
     windows = [tuple(slice(o, o + p) for o, p in zip(origin, full_patch)) for origin in itertools.product(*starts)]
-    items = [_Item(w, f) for w in windows for f in flips]
+    if member is None:   # every window with every flip, into one sum
+        passes = [([_Item(w, f) for w in windows for f in flips], weight / len(flips))]
+    else:                # one flip at a time: each sum is one member
+        passes = [([_Item(w, f) for w in windows], weight) for f in flips]
 
     acc = torch.zeros((num_outputs, *pshape), dtype=accumulate_dtype, device=device)
     norm = torch.zeros(pshape, dtype=torch.float32, device=device)
     for w in windows:
         norm[w] += weight
-    scale = weight / len(flips)
+    mean = None if member is None else torch.zeros((num_outputs, *spatial), dtype=accumulate_dtype, device=device)
     autocast = torch.autocast(device.type, dtype=compute_dtype or torch.float32, enabled=compute_dtype is not None)
-    batches = list(_batches(items, max(1, batch_size)))
+    bar = None
     if progress:
         from tqdm import tqdm
-        batches = tqdm(batches, desc="windows", unit="batch", leave=False, disable=None)  # only on a terminal
+        total = sum(math.ceil(len(items) / max(1, batch_size)) for items, _ in passes)
+        bar = tqdm(total=total, desc="windows", unit="batch", leave=False, disable=None)  # only on a terminal
     with torch.inference_mode(), autocast:
-        for batch in batches:
-            x = torch.stack([_window(padded, it) for it in batch]).to(device, non_blocking=True)
-            out = _forward(network, x, slice_mode)
-            if out.shape[1] != num_outputs:
-                raise ValueError(f"network gives {out.shape[1]} outputs, {num_outputs} expected")
-            for o, it in zip(out, batch):
-                if it.flip:
-                    o = torch.flip(o, [a + 1 for a in it.flip])
-                acc[(slice(None), *it.window)] += (o.float() * scale).to(accumulate_dtype)
+        for items, scale in passes:
+            for batch in _batches(items, max(1, batch_size)):
+                x = torch.stack([_window(padded, it) for it in batch]).to(device, non_blocking=True)
+                out = _forward(network, x, slice_mode)
+                if out.shape[1] != num_outputs:
+                    raise ValueError(f"network gives {out.shape[1]} outputs, {num_outputs} expected")
+                for o, it in zip(out, batch):
+                    if it.flip:
+                        o = torch.flip(o, [a + 1 for a in it.flip])
+                    acc[(slice(None), *it.window)] += (o.float() * scale).to(accumulate_dtype)
+                if bar is not None:
+                    bar.update()
+            if mean is not None and member is not None:
+                acc /= norm.to(accumulate_dtype)
+                member(acc[(slice(None), *crop)])
+                mean += acc[(slice(None), *crop)]
+                acc.zero_()
+    if bar is not None:
+        bar.close()
+    if mean is not None:
+        return mean.div_(len(flips))
     acc /= norm.to(accumulate_dtype)
     return acc[(slice(None), *crop)]
 
