@@ -1,8 +1,10 @@
-"""autoseg-evaluate: Dice, HD95, sensitivity and specificity of predicted segmentations against references."""
+"""autoseg-evaluate: Dice, HD95, sensitivity and specificity of predicted segmentations against references;
+optionally normalised surface Dice and the BraTS 2023 lesion-wise Dice and HD95."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,7 +14,8 @@ import numpy as np
 from autoseg.cli._common import add_dataset, dataset_paths, parser
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import AutosegError, fail, run_cli
-from autoseg.evaluation.evaluate import EvalCase, brats_info_for, evaluate_folder, find_eval_cases
+from autoseg.evaluation.evaluate import EvalCase, brats_info_for, endings_for, evaluate_folder, find_eval_cases
+from autoseg.evaluation.lesions import LesionSettings
 from autoseg.io import read_image
 from autoseg.postprocessing import determine_postprocessing
 
@@ -35,31 +38,60 @@ def _pairs(cases: list[EvalCase]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         yield read_image(c.pred)[0], read_image(c.ref)[0]
 
 
+def _mean_line(name: str, m: dict[str, float]) -> str:
+    line = (f"{name:>18}: Dice {m['dice']:.4f}  HD95 {m['hd95']:.2f} mm  sens {m['sensitivity']:.4f}  "
+            f"spec {m['specificity']:.4f}")
+    if "nsd" in m:
+        line += f"  NSD {m['nsd']:.4f}"
+    if "lesion_dice" in m:
+        line += f"  lesion-wise Dice {m['lesion_dice']:.4f}  HD95 {m['lesion_hd95']:.2f} mm"
+    return line
+
+
 def _main(argv: Sequence[str] | None) -> int:
     p = parser("autoseg-evaluate", "Score CASE.nii.gz predictions against references (CASE.nii.gz or BraTS case "
                "folders): per-case metrics.csv and summary.json (mean, median, std).")
-    p.add_argument("-p", "--pred", required=True, help="folder of predicted CASE.nii.gz")
-    p.add_argument("-r", "--ref", required=True, help="folder of reference CASE.nii.gz or BraTS case folders")
+    p.add_argument("-p", "--pred", required=True,
+                   help="folder of predicted CASE.nii.gz (or the dataset's file ending, .nii, .mha, .mhd, .nrrd)")
+    p.add_argument("-r", "--ref", required=True, help="folder of reference CASE.nii.gz (same endings) or BraTS case folders")
     add_dataset(p)
     p.add_argument("--dataset-json", default=None, help="dataset.json declaring labels/regions (instead of -d)")
     p.add_argument("-o", "--output", default=None, help="folder for metrics.csv and summary.json (default: -p)")
     p.add_argument("-np", "--workers", type=int, default=1, help="worker processes")
     p.add_argument("--png", action="store_true", help="also write prediction-vs-reference overlays (overlays/)")
     p.add_argument("--report", action="store_true", help="also write report.html with tables and overlays")
+    p.add_argument("--lesion-wise", action="store_true",
+                   help="also the BraTS 2023 lesion-wise Dice and HD95 of each declared label/region, and NSD")
+    p.add_argument("--nsd-tolerance", type=float, default=None, metavar="MM",
+                   help="normalised surface Dice at this tolerance in mm (default 1 with --lesion-wise, else off)")
+    p.add_argument("--lesion-dilation", type=int, default=3, metavar="N",
+                   help="lesion matching dilation in voxels (BraTS 2023 GLI/SSA/PED: 3, the default; MEN, MET: 1)")
+    p.add_argument("--lesion-min-volume", type=float, default=50.0,
+                   metavar="MM3", help="reference lesions of at most this volume are not scored "
+                   "(BraTS 2023 GLI/SSA/PED/MEN: 50, the default; MET: 2)")
     p.add_argument("--determine-postprocessing", default=None, metavar="FILE",
                    help="on cross-validation predictions: decide largest-component postprocessing, save it to FILE")
     args = p.parse_args(argv)
+    for flag, value in (("--nsd-tolerance", args.nsd_tolerance), ("--lesion-dilation", args.lesion_dilation),
+                        ("--lesion-min-volume", args.lesion_min_volume)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise fail(None, f"{flag} {value} must be a number of at least 0", f"e.g. {flag} 1")
     info = resolve_info(args)
-    result = evaluate_folder(args.pred, args.ref, info, args.output, args.workers, args.png, args.report)
+    lesions = LesionSettings(args.lesion_dilation, args.lesion_min_volume) if args.lesion_wise else None
+    nsd_tolerance = args.nsd_tolerance if args.nsd_tolerance is not None else (1.0 if args.lesion_wise else None)
+    result = evaluate_folder(args.pred, args.ref, info, args.output, args.workers, args.png, args.report,
+                             nsd_tolerance=nsd_tolerance, lesions=lesions)
     for line in result.failed:
         print(f"failed: {line}", file=sys.stderr)
-    for name, m in result.summary["mean"].items():
-        print(f"{name:>18}: Dice {m['dice']:.4f}  HD95 {m['hd95']:.2f} mm  sens {m['sensitivity']:.4f}  "
-              f"spec {m['specificity']:.4f}")
     out = Path(args.output or args.pred)
+    if not result.per_case:
+        raise fail(args.pred, f"none of the {len(result.failed)} case(s) could be evaluated (see the lines above)",
+                   f"fix them and rerun; nothing was written to {out}")
+    for name, m in result.summary["mean"].items():
+        print(_mean_line(name, m))
     print(f"{result.summary['num_cases']} case(s) evaluated -> {out / 'summary.json'}", file=sys.stderr)
     if args.determine_postprocessing:
-        cases = [c for c in find_eval_cases(args.pred, args.ref)[0] if c.case_id in result.per_case]
+        cases = [c for c in find_eval_cases(args.pred, args.ref, endings_for(info))[0] if c.case_id in result.per_case]
         plan = determine_postprocessing(_pairs(cases), info, len(cases))
         plan.save(args.determine_postprocessing)
         steps = (["foreground"] if plan.foreground_largest_component else []) + list(plan.largest_component)

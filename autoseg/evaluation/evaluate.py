@@ -1,14 +1,19 @@
 """Evaluate a folder of predicted segmentations against references.
 
-Predictions are ``PRED/CASE.nii.gz``; a reference is ``REF/CASE.nii.gz`` or a BraTS case folder
-``REF/CASE/`` holding its ``_seg``/``-seg`` file. Writes ``metrics.csv`` (one row per case) and
-``summary.json`` (mean, median and std per label/region and metric, plus every case). HD95 uses the
-reference's voxel spacing. A case that cannot be evaluated is reported in one line; the rest finish.
+Predictions are ``PRED/CASE<ending>``; a reference is ``REF/CASE<ending>`` or a BraTS case folder
+``REF/CASE/`` holding its ``_seg``/``-seg`` file, where the ending is the dataset's ``file_ending`` or any
+3D format the package reads (.nii.gz, .nii, .mha, .mhd, .nrrd). Writes ``metrics.csv`` (one row per case)
+and ``summary.json`` (mean, median and std per label/region and metric, plus every case), both or neither:
+a run that scores no case writes nothing, so earlier results stay. HD95 uses the reference's voxel spacing.
+A case that cannot be evaluated is reported in one line; the rest finish.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +25,14 @@ from tqdm import tqdm
 from autoseg.brats import CHANNEL_NAMES, find_brats_case, labels_for, regions_class_order_for
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import AutosegError, fail
+from autoseg.evaluation.lesions import LESION_COUNTS, LESION_HD95_PENALTY, LESION_METRICS, LesionSettings
 from autoseg.evaluation.metrics import EMPTY_HD95, METRICS, case_metrics, evaluated_masks
-from autoseg.io import atomic_path, read_image, write_json_atomic
+from autoseg.io import atomic_path, read_image
 from autoseg.parallel import children_ignore_ctrl_c
 
-SEG_ENDINGS = (".nii.gz", ".nii")
-CSV_FIELDS = (*METRICS, "n_ref", "n_pred")
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+SUMMARIZED = (*METRICS, "nsd", *LESION_METRICS)
+CSV_FIELDS = (*SUMMARIZED, *LESION_COUNTS, "n_ref", "n_pred")
 
 
 @dataclass(frozen=True)
@@ -47,35 +54,62 @@ class Evaluation:
     failed: list[str] = field(default_factory=list)
 
 
-def _strip(name: str) -> str | None:
-    for e in SEG_ENDINGS:
-        if name.endswith(e):
-            return name[: -len(e)]
-    return None
+def endings_for(info: DatasetInfo) -> tuple[str, ...]:
+    """File endings a prediction or reference may have: the dataset's own first, then every 3D format read."""
+    return tuple(dict.fromkeys((info.file_ending, *IMAGE_ENDINGS)))
 
 
-def find_eval_cases(pred_dir: str | Path, ref_dir: str | Path) -> tuple[list[EvalCase], list[str]]:
-    """Pair predictions with references by case id; unmatched ones come back as problem lines."""
+def _images_by_case(folder: Path, endings: tuple[str, ...], problems: list[str]) -> tuple[dict[str, Path], set[str]]:
+    """``CASE<ending>`` files of ``folder`` by case id, and the ids found in two endings (each reported as a
+    problem line, not guessed). Hidden names (a killed writer's temporaries, files other systems leave) are
+    skipped."""
+    longest_first = sorted(endings, key=len, reverse=True)
+    found: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        ending = next((e for e in longest_first if p.name.endswith(e) and len(p.name) > len(e)), None)
+        if ending is not None:
+            found.setdefault(p.name[: -len(ending)], []).append(p)
+    ambiguous = {cid for cid, paths in found.items() if len(paths) > 1}
+    for cid in sorted(ambiguous):
+        problems.append(str(fail(found[cid][0], f"case {cid} has {len(found[cid])} files here "
+                                 f"({', '.join(q.name for q in found[cid])})", "keep one of them")))
+    return {cid: paths[0] for cid, paths in found.items() if cid not in ambiguous}, ambiguous
+
+
+def find_eval_cases(pred_dir: str | Path, ref_dir: str | Path, endings: tuple[str, ...] = IMAGE_ENDINGS
+                    ) -> tuple[list[EvalCase], list[str]]:
+    """Pair predictions with references by case id; unmatched ones come back as problem lines.
+
+    No pair at all is an error (one line): nothing could be evaluated, so nothing is written.
+    """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     for d, opt in ((pred_dir, "-p"), (ref_dir, "-r")):
         if not d.is_dir():
             raise fail(d, "folder not found", f"check {opt}")
-    # hidden names are a killed writer's temporaries (.CASE.XXXX.tmp.nii.gz), never results
-    preds = {cid: p for p in sorted(pred_dir.iterdir())
-             if p.is_file() and not p.name.startswith(".") and (cid := _strip(p.name))}
-    refs: dict[str, tuple[Path, Path | None]] = {}
-    for p in sorted(ref_dir.iterdir()):
-        if p.is_file() and (cid := _strip(p.name)):
-            refs[cid] = (p, None)
-        elif p.is_dir() and (bc := find_brats_case(p)) is not None and bc.label is not None:
-            refs[bc.case_id] = (bc.label, bc.channels[3])
+    problems: list[str] = []
+    preds, pred_ambiguous = _images_by_case(pred_dir, endings, problems)
     if not preds:
-        raise fail(pred_dir, "no predictions (CASE.nii.gz) found", "check -p")
+        raise AutosegError(problems[0]) if problems else fail(pred_dir, f"no predictions (CASE{endings[0]}) found",
+                                                              "check -p")
+    ref_files, ref_ambiguous = _images_by_case(ref_dir, endings, problems)
+    refs: dict[str, tuple[Path, Path | None]] = {c: (p, None) for c, p in ref_files.items()}
+    for p in sorted(ref_dir.iterdir()):
+        if p.is_dir() and (bc := find_brats_case(p)) is not None and bc.label is not None:
+            refs[bc.case_id] = (bc.label, bc.channels[3])
     cases = [EvalCase(cid, preds[cid], *refs[cid]) for cid in sorted(preds) if cid in refs]
-    problems = [f"{preds[c]}: no reference {c}.nii.gz in {ref_dir}; check -r, or remove this prediction"
-                for c in sorted(preds) if c not in refs]
+    if not cases:
+        raise fail(pred_dir, f"no prediction matches a reference in {ref_dir} ({len(preds)} prediction(s), "
+                   f"{len(refs)} reference(s), no case id in common)",
+                   f"check -p and -r (PRED/CASE{endings[0]} is scored against REF/CASE{endings[0]} or a BraTS "
+                   "folder REF/CASE/); nothing was written")
+    problems += [f"{preds[c]}: no reference for case {c} in {ref_dir} (CASE{endings[0]}, another image ending or a "
+                 "BraTS case folder); check -r, or remove this prediction" for c in sorted(preds)
+                 if c not in refs and c not in ref_ambiguous]
     problems += [f"{refs[c][0]}: reference has no prediction in {pred_dir}; predict this case (autoseg-predict), "
-                 "the summary covers only the cases evaluated" for c in sorted(refs) if c not in preds]
+                 "the summary covers only the cases evaluated" for c in sorted(refs)
+                 if c not in preds and c not in pred_ambiguous]
     return cases, problems
 
 
@@ -91,58 +125,92 @@ def brats_info_for(ref_dir: str | Path) -> DatasetInfo | None:
     return None
 
 
-def evaluate_case(case: EvalCase, info: DatasetInfo) -> dict[str, dict[str, float]]:
-    """Metrics of one case; unreadable files, other shapes or unknown label values raise one line."""
+def label_values_in(array: np.ndarray) -> list[float]:
+    """The distinct values of a label map, fast for the usual case of a mostly-zero volume."""
+    nonzero = array[array != 0]
+    return sorted(([0] if nonzero.size < array.size else []) + np.unique(nonzero).tolist())
+
+
+def evaluate_case(case: EvalCase, info: DatasetInfo, nsd_tolerance: float | None = None,
+                  lesions: LesionSettings | None = None) -> dict[str, dict[str, float]]:
+    """Metrics of one case; unreadable files, other shapes or label values the dataset does not declare (in the
+    prediction or the reference, where a non-integer value such as 0.5 is named as such) raise one line."""
     ref, geom = read_image(case.ref)
     pred, pgeom = read_image(case.pred)
     if pred.shape != ref.shape:
         raise fail(case.pred, f"shape {pred.shape} differs from the reference {ref.shape} ({case.ref})",
                    "predict in the reference's geometry (autoseg-predict writes the input's grid)")
-    unknown = sorted(set(np.unique(pred).tolist()) - set(info.label_values))
+    ref_values = label_values_in(ref)
+    fractional = [v for v in ref_values if v != int(v)]
+    if fractional:
+        raise fail(case.ref, f"reference label holds non-integer values {fractional[:5]}",
+                   "re-export the label with whole label values (nearest-neighbour resampling), then rerun")
+    undeclared = [v for v in ref_values if v not in info.label_values]
+    if undeclared:
+        raise fail(case.ref, f"reference label values {undeclared} are not labels of the dataset ({info.label_values})",
+                   "fix the label file, or evaluate with the dataset.json that declares them (-d / --dataset-json)")
+    unknown = [v for v in label_values_in(pred) if v not in info.label_values]
     if unknown:
         raise fail(case.pred, f"label values {unknown} are not labels of the dataset ({info.label_values})",
                    "evaluate with the matching dataset.json (-d / --dataset-json)")
-    return case_metrics(pred, ref, info, geom.spacing_zyx)
+    return case_metrics(pred, ref, info, geom.spacing_zyx, nsd_tolerance, lesions)
 
 
 def summarize(per_case: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
-    """``{"mean"|"median"|"std": {name: {metric: value}}}`` over cases."""
-    names = next(iter(per_case.values())).keys() if per_case else []
+    """``{"mean"|"median"|"std": {name: {metric: value}}}`` over cases, for each metric the cases carry."""
+    first = next(iter(per_case.values()), {})
     out: dict[str, dict[str, dict[str, float]]] = {"mean": {}, "median": {}, "std": {}}
-    for name in names:
+    for name, metrics in first.items():
         for stat, fn in (("mean", np.mean), ("median", np.median), ("std", np.std)):
-            out[stat][name] = {m: float(fn([c[name][m] for c in per_case.values()])) for m in METRICS}
+            out[stat][name] = {m: float(fn([c[name][m] for c in per_case.values()])) for m in SUMMARIZED if m in metrics}
     return out
 
 
-def write_metrics_csv(path: Path, per_case: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
-    """One row per case, columns ``<label/region> <metric>``; returns the rows."""
-    rows = [{"case": cid, **{f"{n} {m}": v[m] for n, v in ms.items() for m in CSV_FIELDS}}
+def metric_rows(per_case: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+    """One row per case, columns ``<label/region> <metric>`` (the metrics each region carries)."""
+    return [{"case": cid, **{f"{n} {m}": v[m] for n, v in ms.items() for m in CSV_FIELDS if m in v}}
             for cid, ms in per_case.items()]
-    with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as f:
-        if rows:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    return rows
 
 
-def _run(args: tuple[EvalCase, DatasetInfo]) -> tuple[str, dict | None, str | None]:
-    case, info = args
+def write_results(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """``summary.json`` and ``metrics.csv``, both or neither: each goes to a temporary name and the two are
+    renamed into place only when both are complete, so a failure keeps the earlier pair as it was."""
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(out / "summary.json"))
+        with open(tmp, "w") as f:
+            f.write(json.dumps(summary, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp = stack.enter_context(atomic_path(out / "metrics.csv", suffix=".csv"))
+        with open(tmp, "w", newline="") as f:
+            if rows:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _run(args: tuple[EvalCase, DatasetInfo, float | None, LesionSettings | None]) -> tuple[str, dict | None, str | None]:
+    case = args[0]
     try:
-        return case.case_id, evaluate_case(case, info), None
+        return case.case_id, evaluate_case(*args), None
     except AutosegError as e:
         return case.case_id, None, str(e)
 
 
 def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, info: DatasetInfo, out_dir: str | Path | None = None,
-                    workers: int = 1, overlays: bool = False, report: bool = False,
-                    progress: bool = True) -> Evaluation:
-    """Evaluate every prediction; write ``metrics.csv``, ``summary.json`` (and PNGs / ``report.html``) to ``out_dir``."""
+                    workers: int = 1, overlays: bool = False, report: bool = False, progress: bool = True,
+                    nsd_tolerance: float | None = None, lesions: LesionSettings | None = None) -> Evaluation:
+    """Evaluate every prediction; write ``metrics.csv``, ``summary.json`` (and PNGs / ``report.html``) to ``out_dir``.
+
+    ``nsd_tolerance`` (mm) adds normalised surface Dice, ``lesions`` the BraTS lesion-wise metrics. When no
+    case can be scored, nothing is written and ``summary`` stays empty (``failed`` says why).
+    """
     out = Path(out_dir) if out_dir is not None else Path(pred_dir)
-    cases, problems = find_eval_cases(pred_dir, ref_dir)
+    cases, problems = find_eval_cases(pred_dir, ref_dir, endings_for(info))
     result = Evaluation(failed=problems)
-    jobs = [(c, info) for c in cases]
+    jobs = [(c, info, nsd_tolerance, lesions) for c in cases]
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
     with children_ignore_ctrl_c():  # map() submits every job, which starts the workers
         results = pool.map(_run, jobs) if pool is not None else map(_run, jobs)
@@ -155,19 +223,34 @@ def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, info: DatasetInfo
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    if not result.per_case:
+        return result   # nothing scored: write nothing, so earlier results stay as they were
     result.summary = {**summarize(result.per_case), "num_cases": len(result.per_case),
                       "regions": {n: list(v) for n, v in evaluated_masks(info).items()},
                       "empty_convention": {"both_empty": {"dice": 1.0, "hd95": 0.0},
                                            "one_empty": {"dice": 0.0, "hd95": EMPTY_HD95}},
+                      **_settings(nsd_tolerance, lesions),
                       "failed": result.failed, "per_case": result.per_case}
-    write_json_atomic(out / "summary.json", result.summary)
-    rows = write_metrics_csv(out / "metrics.csv", result.per_case)
+    rows = metric_rows(result.per_case)
+    write_results(out, result.summary, rows)
     pngs = write_overlays(cases, info, out / "overlays") if overlays or report else {}
     if report:
         from autoseg.report import write_report_html
-        summary = {k: result.summary[k] for k in ("mean", "median", "std", "num_cases")}
-        write_report_html(summary, rows, pngs, out / "report.html")
+        keys = ("mean", "median", "std", "num_cases", "nsd_tolerance_mm", "lesion_wise")
+        write_report_html({k: result.summary[k] for k in keys if k in result.summary}, rows, pngs, out / "report.html")
     return result
+
+
+def _settings(nsd_tolerance: float | None, lesions: LesionSettings | None) -> dict[str, Any]:
+    """What the optional metrics were computed with, for summary.json (nothing when they are off)."""
+    out: dict[str, Any] = {}
+    if nsd_tolerance is not None:
+        out["nsd_tolerance_mm"] = nsd_tolerance
+    if lesions is not None:
+        out["lesion_wise"] = {"definition": "BraTS 2023", "connectivity": 26, "dilation_neighbourhood": 18,
+                              "dilation_iterations": lesions.dilation, "min_volume_mm3": lesions.min_volume_mm3,
+                              "missed_or_false_lesion_dice": 0.0, "missed_or_false_lesion_hd95": LESION_HD95_PENALTY}
+    return out
 
 
 def write_overlays(cases: list[EvalCase], info: DatasetInfo, out_dir: Path) -> dict[str, Path]:
