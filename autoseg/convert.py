@@ -25,9 +25,10 @@ from autoseg import brats
 from autoseg.brats import BratsCase
 from autoseg.dataset import check_case_id
 from autoseg.errors import AutosegError, ProblemList, fail
-from autoseg.io import atomic_path, read_json, write_json_atomic
+from autoseg.io import atomic_path, write_json_atomic
 from autoseg.parallel import thread_map
-from autoseg.paths import DatasetPaths, dataset_folder_name
+from autoseg.paths import DatasetPaths
+from autoseg.raw_writer import target_dataset
 
 _FIX_CONVENTION = ("convert each convention into its own dataset (another -d), or relabel one set so that "
                    "enhancing tumour has one value")
@@ -140,19 +141,6 @@ def convert_case(case: BratsCase, raw: Path) -> int:
     return written
 
 
-def _check_target(paths: DatasetPaths, dataset_id: int) -> str | None:
-    """Refuse a dataset id used under another name; return the existing dataset's label convention, if any."""
-    raw_parent = paths.raw.parent
-    if raw_parent.is_dir():
-        others = sorted(p.name for p in raw_parent.glob(f"Dataset{dataset_id:03d}_*") if p.name != paths.name)
-        if others:
-            raise fail(raw_parent / others[0], f"dataset id {dataset_id} is already used by this dataset",
-                       f"choose another -d, or --name {others[0][11:]} to add cases to it")
-    if paths.dataset_json.is_file():
-        return read_json(paths.dataset_json).get("label_convention")
-    return None
-
-
 def convert_brats(src: Path, root: Path, dataset_id: int, name: str, workers: int = 2) -> DatasetPaths:
     """Convert BraTS case folders under ``src`` into ``root/raw/DatasetNNN_name``; returns its paths.
 
@@ -163,8 +151,8 @@ def convert_brats(src: Path, root: Path, dataset_id: int, name: str, workers: in
     src, root = Path(src), Path(root)
     if not src.is_dir():
         raise fail(src, "folder not found", "give the folder that holds the BraTS case folders")
-    paths = DatasetPaths(root, dataset_folder_name(dataset_id, name))
-    existing = _check_target(paths, dataset_id)
+    paths, dataset_json = target_dataset(root, dataset_id, name)
+    existing = dataset_json.get("label_convention") if dataset_json else None
     problems = ProblemList()
     cases = find_case_folders(src, problems)
     check_cases(src, cases, problems)
