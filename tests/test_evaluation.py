@@ -309,6 +309,45 @@ def test_evaluate_folder_writes_csv_and_summary(synthetic_home_session: Path, tm
     with open(tmp_path / "eval" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["case"] for r in rows] == ids and float(rows[0]["enhancing tumour hd95"]) == EMPTY_HD95
+    # without --lesion-wise / --nsd-tolerance the files hold exactly what they always did
+    assert list(summary) == ["mean", "median", "std", "num_cases", "regions", "empty_convention", "failed", "per_case"]
+    assert list(rows[0]) == ["case", *(f"{n} {m}" for n in evaluated_masks(info)
+                                       for m in ("dice", "hd95", "sensitivity", "specificity", "n_ref", "n_pred"))]
+    assert list(summary["mean"]["whole tumour"]) == ["dice", "hd95", "sensitivity", "specificity"]
+
+
+def test_cli_lesion_wise_and_nsd_in_summary_csv_and_report(tmp_path: Path, capsys) -> None:
+    folders = write_brats_folders(tmp_path / "ref", n=2, shape=(24, 32, 32), convention="brats2023")
+    pred = tmp_path / "pred"
+    for f in folders:
+        seg, geom = read_image(f / f"{f.name}-seg.nii.gz")
+        assert not seg[:6, :6, :6].any()
+        seg[:2, :2, :2] = 2                       # a false oedema speck far from the tumour
+        write_image(pred / f"{f.name}.nii.gz", seg, geom)
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(["-p", str(pred), "-r", str(tmp_path / "ref"), "--lesion-wise", "--report", "-o",
+                       str(tmp_path / "ev")])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "whole tumour: Dice" in out and "NSD" in out and "lesion-wise Dice 0.5000  HD95 187.00 mm" in out
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    wt = summary["mean"]["whole tumour"]
+    # one tumour found perfectly plus one false lesion: (1 + 0) / 2 and (0 + 374) / 2
+    assert (wt["lesion_dice"], wt["lesion_hd95"]) == (0.5, 187.0) and 0.9 < wt["nsd"] < 1.0
+    assert "lesion_dice" not in summary["mean"]["label 1"] and "nsd" in summary["mean"]["label 1"]
+    assert summary["nsd_tolerance_mm"] == 1.0 and summary["lesion_wise"]["dilation_iterations"] == 3
+    with open(tmp_path / "ev" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["whole tumour lesion_fp"]) for r in rows] == [1, 1]
+    assert float(rows[0]["whole tumour nsd"]) == summary["per_case"][folders[0].name]["whole tumour"]["nsd"]
+    page = (tmp_path / "ev" / "report.html").read_text()
+    assert "whole tumour lesion_dice" in page and "lesion_wise" in page and "nsd_tolerance_mm" in page
+    with pytest.raises(SystemExit) as e:       # NSD alone, at another tolerance
+        evaluate_main(["-p", str(pred), "-r", str(tmp_path / "ref"), "--nsd-tolerance", "2", "-o",
+                       str(tmp_path / "ev2")])
+    summary = json.loads((tmp_path / "ev2" / "summary.json").read_text())
+    assert summary["nsd_tolerance_mm"] == 2.0 and "lesion_wise" not in summary
+    assert summary["mean"]["whole tumour"]["nsd"] >= wt["nsd"] and "lesion_dice" not in summary["mean"]["whole tumour"]
 
 
 def test_cli_infers_brats_regions_and_reports_bad_cases(tmp_path: Path, capsys) -> None:
