@@ -92,7 +92,8 @@ def test_nothing_scored_keeps_the_earlier_results(evaluated, tmp_path: Path, cap
     for p in pred.iterdir():
         (broken / p.name).write_bytes(p.read_bytes()[:100])
     code, lines = run(evaluate_main, _args(broken, ref, ds, out), capsys)
-    assert len(lines) == 4 and all(lines[i].startswith(f"failed: {broken / f'case_{i:03d}.nii.gz'}: ") for i in range(3))
+    assert len(lines) == 4, lines
+    assert all(lines[i].startswith(f"failed: {broken / f'case_{i:03d}.nii.gz'}: ") for i in range(3)), lines
     expect_one_line(code, lines[3:], broken, "autoseg-evaluate")
     assert "none of the 3 case(s) could be evaluated" in lines[3] and snapshot(out) == before
     record("every prediction unreadable", code, lines, "the earlier summary.json and metrics.csv", tmp_path)

@@ -53,7 +53,8 @@ def _main(argv: Sequence[str] | None) -> int:
                "folders): per-case metrics.csv and summary.json (mean, median, std).")
     p.add_argument("-p", "--pred", required=True,
                    help="folder of predicted CASE.nii.gz (or the dataset's file ending, .nii, .mha, .mhd, .nrrd)")
-    p.add_argument("-r", "--ref", required=True, help="folder of reference CASE.nii.gz (same endings) or BraTS case folders")
+    p.add_argument("-r", "--ref", required=True,
+                   help="folder of reference CASE.nii.gz (same endings) or BraTS case folders")
     add_dataset(p)
     p.add_argument("--dataset-json", default=None, help="dataset.json declaring labels/regions (instead of -d)")
     p.add_argument("-o", "--output", default=None, help="folder for metrics.csv and summary.json (default: -p)")

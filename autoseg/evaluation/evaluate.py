@@ -162,7 +162,8 @@ def summarize(per_case: dict[str, dict[str, dict[str, float]]]) -> dict[str, dic
     out: dict[str, dict[str, dict[str, float]]] = {"mean": {}, "median": {}, "std": {}}
     for name, metrics in first.items():
         for stat, fn in (("mean", np.mean), ("median", np.median), ("std", np.std)):
-            out[stat][name] = {m: float(fn([c[name][m] for c in per_case.values()])) for m in SUMMARIZED if m in metrics}
+            out[stat][name] = {m: float(fn([c[name][m] for c in per_case.values()]))
+                               for m in SUMMARIZED if m in metrics}
     return out
 
 
@@ -191,7 +192,8 @@ def write_results(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]
             os.fsync(f.fileno())
 
 
-def _run(args: tuple[EvalCase, DatasetInfo, float | None, LesionSettings | None]) -> tuple[str, dict | None, str | None]:
+def _run(args: tuple[EvalCase, DatasetInfo, float | None, LesionSettings | None]
+         ) -> tuple[str, dict | None, str | None]:
     case = args[0]
     try:
         return case.case_id, evaluate_case(*args), None
