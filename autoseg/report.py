@@ -81,14 +81,18 @@ def _image_tag(png: Path) -> str:
 
 
 def write_report_html(summary: Mapping[str, Any], rows: list[dict[str, Any]], overlays: Mapping[str, Path],
-                      path: str | os.PathLike, title: str = "autoseg evaluation") -> Path:
-    """Write one HTML page with the summary tables, the per-case table (``rows``, e.g. the CSV rows)
-    and the ``overlays`` (case id -> PNG) embedded as base64; atomically. Returns ``path``."""
+                      path: str | os.PathLike, title: str = "autoseg evaluation",
+                      figures: Mapping[str, Path] | None = None) -> Path:
+    """Write one HTML page with the summary tables, the ``figures`` (heading -> PNG, e.g. the reliability
+    diagram), the per-case table (``rows``, e.g. the CSV rows) and the ``overlays`` (case id -> PNG), PNGs
+    embedded as base64; atomically. Returns ``path``."""
     path = Path(path)
     cols: list[str] = []
     for r in rows:
         cols.extend(k for k in r if k not in cols)
     body = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary</h2>", summary_html(summary) or "<p>(empty)</p>"]
+    for heading, png in (figures or {}).items():
+        body += [f"<h2>{html.escape(heading)}</h2>", f"<figure>{_image_tag(Path(png))}</figure>"]
     if rows:
         body += [f"<h2>Per case ({len(rows)})</h2>", _table(cols, [[r.get(c) for c in cols] for r in rows])]
     if overlays:
