@@ -25,6 +25,7 @@ from tqdm import tqdm
 from autoseg.brats import CHANNEL_NAMES, find_brats_case, labels_for, regions_class_order_for
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import AutosegError, fail
+from autoseg.evaluation.calibration import calibration_and_ranking, check_inputs, report_table
 from autoseg.evaluation.lesions import LESION_COUNTS, LESION_HD95_PENALTY, LESION_METRICS, LesionSettings
 from autoseg.evaluation.metrics import EMPTY_HD95, METRICS, case_metrics, evaluated_masks
 from autoseg.io import atomic_path, read_image
@@ -203,15 +204,20 @@ def _run(args: tuple[EvalCase, DatasetInfo, float | None, LesionSettings | None]
 
 def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, info: DatasetInfo, out_dir: str | Path | None = None,
                     workers: int = 1, overlays: bool = False, report: bool = False, progress: bool = True,
-                    nsd_tolerance: float | None = None, lesions: LesionSettings | None = None) -> Evaluation:
+                    nsd_tolerance: float | None = None, lesions: LesionSettings | None = None,
+                    calibration: bool = False, uncertainty: bool = False) -> Evaluation:
     """Evaluate every prediction; write ``metrics.csv``, ``summary.json`` (and PNGs / ``report.html``) to ``out_dir``.
 
-    ``nsd_tolerance`` (mm) adds normalised surface Dice, ``lesions`` the BraTS lesion-wise metrics. When no
-    case can be scored, nothing is written and ``summary`` stays empty (``failed`` says why).
+    ``nsd_tolerance`` (mm) adds normalised surface Dice, ``lesions`` the BraTS lesion-wise metrics,
+    ``calibration`` the ECE and reliability diagram of ``PRED/CASE.npz``, ``uncertainty`` the ranking by
+    ``PRED/uncertainty/CASE.json`` (:mod:`autoseg.evaluation.calibration`). When no case can be scored,
+    nothing is written and ``summary`` stays empty (``failed`` says why).
     """
     out = Path(out_dir) if out_dir is not None else Path(pred_dir)
     cases, problems = find_eval_cases(pred_dir, ref_dir, endings_for(info))
     result = Evaluation(failed=problems)
+    if calibration or uncertainty:   # a missing input file stops the run now, not after every case is scored
+        check_inputs(cases, calibration, uncertainty)
     jobs = [(c, info, nsd_tolerance, lesions) for c in cases]
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
     with children_ignore_ctrl_c():  # map() submits every job, which starts the workers
@@ -233,13 +239,22 @@ def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, info: DatasetInfo
                                            "one_empty": {"dice": 0.0, "hd95": EMPTY_HD95}},
                       **_settings(nsd_tolerance, lesions),
                       "failed": result.failed, "per_case": result.per_case}
+    figures: dict[str, Path] = {}
+    if calibration or uncertainty:
+        sections, failed, figures = calibration_and_ranking(cases, info, result.per_case, out, calibration,
+                                                            uncertainty)
+        result.summary.update(sections)
+        result.failed += failed
     rows = metric_rows(result.per_case)
     write_results(out, result.summary, rows)
     pngs = write_overlays(cases, info, out / "overlays") if overlays or report else {}
     if report:
         from autoseg.report import write_report_html
         keys = ("mean", "median", "std", "num_cases", "nsd_tolerance_mm", "lesion_wise")
-        write_report_html({k: result.summary[k] for k in keys if k in result.summary}, rows, pngs, out / "report.html")
+        shown = {k: result.summary[k] for k in keys if k in result.summary}
+        if calibration or uncertainty:
+            shown["calibration and uncertainty"] = report_table(result.summary)
+        write_report_html(shown, rows, pngs, out / "report.html", figures=figures)
     return result
 
 

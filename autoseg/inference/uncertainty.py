@@ -21,14 +21,16 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail
 from autoseg.io import Geometry, atomic_path, read_json, write_image, write_json_atomic
+
+if TYPE_CHECKING:   # not imported at run time: autoseg-evaluate reads the scores without loading torch
+    import torch
 
 FOLDER = "uncertainty"
 
@@ -46,7 +48,7 @@ class RunningVariance:
         x = x.float()
         self.count += 1
         if self.mean is None or self.m2 is None:
-            self.mean, self.m2 = x.clone(), torch.zeros_like(x)
+            self.mean, self.m2 = x.clone(), x.new_zeros(x.shape)
             return
         delta = x - self.mean
         self.mean.add_(delta, alpha=1 / self.count)
