@@ -14,6 +14,7 @@ import numpy as np
 from autoseg.cli._common import add_dataset, dataset_paths, parser
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import AutosegError, fail, run_cli
+from autoseg.evaluation.calibration import summary_lines
 from autoseg.evaluation.evaluate import EvalCase, brats_info_for, endings_for, evaluate_folder, find_eval_cases
 from autoseg.evaluation.lesions import LesionSettings
 from autoseg.io import read_image
@@ -70,6 +71,12 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--lesion-min-volume", type=float, default=50.0,
                    metavar="MM3", help="reference lesions of at most this volume are not scored "
                    "(BraTS 2023 GLI/SSA/PED/MEN: 50, the default; MET: 2)")
+    p.add_argument("--calibration", action="store_true",
+                   help="also the expected calibration error and a reliability diagram per label/region, from the "
+                        "PRED/CASE.npz of autoseg-predict --save-probabilities")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also how the per-case score of autoseg-predict --uncertainty ranks the cases (Spearman "
+                        "with Dice per label/region)")
     p.add_argument("--determine-postprocessing", default=None, metavar="FILE",
                    help="on cross-validation predictions: decide largest-component postprocessing, save it to FILE")
     args = p.parse_args(argv)
@@ -81,7 +88,8 @@ def _main(argv: Sequence[str] | None) -> int:
     lesions = LesionSettings(args.lesion_dilation, args.lesion_min_volume) if args.lesion_wise else None
     nsd_tolerance = args.nsd_tolerance if args.nsd_tolerance is not None else (1.0 if args.lesion_wise else None)
     result = evaluate_folder(args.pred, args.ref, info, args.output, args.workers, args.png, args.report,
-                             nsd_tolerance=nsd_tolerance, lesions=lesions)
+                             nsd_tolerance=nsd_tolerance, lesions=lesions, calibration=args.calibration,
+                             uncertainty=args.uncertainty)
     for line in result.failed:
         print(f"failed: {line}", file=sys.stderr)
     out = Path(args.output or args.pred)
@@ -90,6 +98,8 @@ def _main(argv: Sequence[str] | None) -> int:
                    f"fix them and rerun; nothing was written to {out}")
     for name, m in result.summary["mean"].items():
         print(_mean_line(name, m))
+    for line in summary_lines(result.summary):
+        print(line)
     print(f"{result.summary['num_cases']} case(s) evaluated -> {out / 'summary.json'}", file=sys.stderr)
     if args.determine_postprocessing:
         cases = [c for c in find_eval_cases(args.pred, args.ref, endings_for(info))[0] if c.case_id in result.per_case]

@@ -237,6 +237,18 @@ def report_table(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def summary_lines(summary: Mapping[str, Any]) -> list[str]:
+    """What the command prints of the calibration and ranking sections, one line per region."""
+    lines = []
+    for name, r in summary.get("calibration", {}).get("regions", {}).items():
+        ece = "-" if r["ece"] is None else f"{r['ece']:.4f}"
+        lines.append(f"{name:>18}: ECE {ece} ({ECE_BINS} bins, {r['voxels']} voxels)")
+    for name, r in summary.get("uncertainty_ranking", {}).get("regions", {}).items():
+        rho = "-" if r["spearman_dice"] is None else f"{r['spearman_dice']:+.3f}"
+        lines.append(f"{name:>18}: Spearman(uncertainty score, Dice) {rho} over {r['cases']} case(s)")
+    return lines
+
+
 def save_reliability_png(curves: Mapping[str, Reliability], path: str | os.PathLike) -> Path:
     """Reliability diagram: observed frequency against mean probability per bin, one line per region (ECE
     in the legend), the diagonal of perfect calibration, and below it the voxels per bin (log scale)."""
