@@ -34,8 +34,8 @@ section() {
   printf '```\n'
 }
 section autoseg-demo "The whole path on synthetic data, on CPU (see the [README](../README.md))." autoseg-demo --help
-section autoseg-convert "Public release folders to a raw dataset ([brats.md](brats.md))." autoseg-convert --help
-printf '\n```\n'; autoseg-convert brats --help; printf '```\n'
+section autoseg-convert "Public release folders, PNG/TIFF slices or DICOM series to a raw dataset ([brats.md](brats.md), [2d-ct-dicom.md](2d-ct-dicom.md))." autoseg-convert --help
+for format in brats slices dicom; do printf '\n```\n'; autoseg-convert $format --help; printf '```\n'; done
 section autoseg-plan "Dataset check, fingerprint and plan ([planning-memory.md](planning-memory.md))." autoseg-plan --help
 section autoseg-preprocess "Preprocessed cases for training ([preprocessing.md](preprocessing.md))." autoseg-preprocess --help
 section autoseg-train "One fold, or all cases ([training.md](training.md); several GPUs: [scaling.md](scaling.md))." autoseg-train --help
