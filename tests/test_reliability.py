@@ -829,3 +829,56 @@ def test_bad_splits_and_postprocessing_json_are_one_line(work: Path, capsys) -> 
     expect_one_line(code, lines, bad, "autoseg-predict")
     assert not (work / "out").exists()
     record("--postprocess JSON malformed", "autoseg-predict", code, lines, "no output written", work)
+
+
+# ---------------------------------------------------------------- bad numbers: refused while parsing, one line
+
+BAD_NUMBERS = [   # (command, its main's module, arguments, the option named in the message)
+    ("autoseg-train", "train", ["3d_fullres", "fold0", "--lr", "-1"], "--lr"),
+    ("autoseg-train", "train", ["3d_fullres", "fold0", "--lr", "nan"], "--lr"),
+    ("autoseg-train", "train", ["3d_fullres", "fold0", "--epochs", "0"], "--epochs"),
+    ("autoseg-train", "train", ["3d_fullres", "fold0", "--iters-per-epoch", "-2"], "--iters-per-epoch"),
+    ("autoseg-train", "train", ["3d_fullres", "fold0", "--val-iters", "-3"], "--val-iters"),
+    ("autoseg-train", "train", ["3d_fullres", "fold0", "--workers", "-1"], "--workers"),
+    ("autoseg-train", "train", ["3d_fullres", "fold0", "--seed", "-1"], "--seed"),
+    ("autoseg-predict", "predict", ["--threads", "-1"], "--threads"),
+    ("autoseg-predict", "predict", ["--threads", "0"], "--threads"),
+    ("autoseg-predict", "predict", ["--batch-size", "0"], "--batch-size"),
+    ("autoseg-predict", "predict", ["--batch-size", "-3"], "--batch-size"),
+    ("autoseg-predict", "predict", ["--step", "0"], "--step"),
+    ("autoseg-predict", "predict", ["--step", "1.5"], "--step"),
+    ("autoseg-predict", "predict", ["--shard", "2/2"], "--shard"),
+    ("autoseg-predict", "predict", ["-f", "x"], "-f"),
+    ("autoseg-preprocess", "preprocess", ["-np", "0"], "-np"),
+    ("autoseg-preprocess", "preprocess", ["--shard", "1/0"], "--shard"),
+    ("autoseg-plan", "plan", ["--vram", "0"], "--vram"),
+    ("autoseg-plan", "plan", ["--spacing", "-1"], "--spacing"),
+    ("autoseg-plan", "plan", ["--base-features", "0"], "--base-features"),
+    ("autoseg-plan", "plan", ["-np", "-1"], "-np"),
+    ("autoseg-convert brats", "convert", ["brats", "SRC", "-d", "1000"], "-d"),
+    ("autoseg-convert brats", "convert", ["brats", "SRC", "-d", "1", "-np", "0"], "-np"),
+    ("autoseg-demo", "demo", ["--epochs", "0"], "--epochs"),
+    ("autoseg-demo", "demo", ["--threads", "0"], "--threads"),
+    ("autoseg-demo", "demo", ["-np", "0"], "-np"),
+]
+
+
+@pytest.mark.parametrize("prog,module,args,option", BAD_NUMBERS, ids=[" ".join(c[2][-2:]) + f" ({c[1]})"
+                                                                       for c in BAD_NUMBERS])
+def test_bad_numbers_are_refused_while_parsing(base: Path, tmp_path: Path, capsys, prog: str, module: str,
+                                               args: list[str], option: str) -> None:
+    """An out-of-range number is one line naming the option with a valid example, exit 2, before any work
+    (it used to be an internal error (--lr -1, --threads -1) or silently accepted (--batch-size 0))."""
+    import importlib
+    main = importlib.import_module(f"autoseg.cli.{module}").main
+    home = tmp_path / "home"
+    shutil.copytree(base / "home", home)
+    before = snapshot(home)
+    io_args = {"predict": ["-i", home / "raw" / DS / "imagesTs", "-o", tmp_path / "out"],
+               "convert": [], "demo": ["--out", tmp_path / "demo"]}.get(module, [])
+    args = [str(tmp_path / "src") if a == "SRC" else a for a in args]
+    code, lines = run(main, [*args, *io_args, "--home", home], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"{prog}: error: argument {option}") and f"; e.g. {option} " in lines[0], lines
+    assert snapshot(home) == before and not (tmp_path / "out").exists() and not (tmp_path / "demo").exists()
+    record(f"{option} {args[-1]}", prog, code, lines, "everything (nothing is done)", tmp_path)

@@ -31,9 +31,10 @@ def _main(argv: Sequence[str] | None) -> int:
                        description="Labelled cases go to imagesTr/labelsTr, unlabelled ones to imagesTs; labels keep "
                                    "their original values and dataset.json declares the three tumour regions.")
     b.add_argument("src", type=Path, help="folder holding the case folders (or one level of sub-folders of them)")
-    b.add_argument("-d", "--dataset-id", type=int, required=True, help="dataset number, 0-999")
+    b.add_argument("-d", "--dataset-id", type=number(int, "-d 1", low=0, high=999), required=True,
+                   help="dataset number, 0-999")
     b.add_argument("--name", default="BraTS", help="dataset name: raw/DatasetNNN_NAME (default: BraTS)")
-    b.add_argument("-np", "--workers", type=int, default=2, help="files copied in parallel (default: 2)")
+    b.add_argument("-np", "--workers", type=workers_arg(), default=2, help="files copied in parallel (default: 2)")
     add_home(b)
     s = sub.add_parser("slices", help="PNG/TIFF slices: SRC/images/PATIENT/001.png ... (+ SRC/masks/PATIENT/001.png), "
                        "or 2D images SRC/images/CASE.png", description="One volume per patient folder (slices in the "

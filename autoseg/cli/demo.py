@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from autoseg.cli._common import add_home, parser
+from autoseg.cli._common import THREADS, add_home, number, parser, workers_arg
 from autoseg.demo import DemoOptions, DemoSettings, run_demo
-from autoseg.errors import fail, run_cli
+from autoseg.errors import run_cli
 from autoseg.parallel import available_cores
 from autoseg.paths import data_root
 from autoseg.precision import PRECISIONS
@@ -21,23 +21,19 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="folder for the demo's synthetic source data, predictions, metrics and pictures "
                         "(default: HOME/demo)")
-    p.add_argument("--epochs", type=int, default=None, metavar="E",
+    p.add_argument("--epochs", type=number(int, "--epochs 7", low=1), default=None, metavar="E",
                    help="training epochs of 25 iterations (default: 7, about 10 minutes on a 2-core CPU in fp32; "
                         "the same on every machine, so the result does not depend on its speed)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="training and prediction arithmetic (default: auto = bf16 on CPUs with native bf16, "
                         "else fp32; --precision fp32 shows what a CPU without bf16 gets)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (about a minute) to check an install; its Dice is meaningless")
-    p.add_argument("-np", "--workers", type=int, default=2, metavar="W",
+    p.add_argument("-np", "--workers", type=workers_arg(), default=2, metavar="W",
                    help="worker processes for conversion, preprocessing and data loading (default: 2)")
-    p.add_argument("--threads", type=int, default=None, metavar="T",
+    p.add_argument("--threads", type=THREADS, default=None, metavar="T",
                    help="torch CPU threads (default: every core this process may use; the loader workers "
                         "wait most of the time)")
     args = p.parse_args(argv)
-    if args.epochs is not None and args.epochs < 1:
-        raise fail(None, f"--epochs {args.epochs} must be at least 1", "e.g. --epochs 7")
-    if args.threads is not None and args.threads < 1:
-        raise fail(None, f"--threads {args.threads} must be at least 1", "e.g. --threads 1")
     import torch  # here, not at the top: --help answers without loading torch
 
     torch.set_num_threads(args.threads or available_cores())
@@ -45,7 +41,7 @@ def _main(argv: Sequence[str] | None) -> int:
     settings = DemoSettings.quick() if args.quick else DemoSettings.full()
     if args.epochs is not None:
         settings = replace(settings, epochs=args.epochs)
-    opts = DemoOptions(home=home, out=args.out or home / "demo", settings=settings, workers=max(1, args.workers),
+    opts = DemoOptions(home=home, out=args.out or home / "demo", settings=settings, workers=args.workers,
                        precision=args.precision)
     result = run_demo(opts, say=print)
     print(result.describe())

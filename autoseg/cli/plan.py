@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from autoseg.cli._common import add_dataset, dataset_paths, parser
+from autoseg.cli._common import add_dataset, dataset_paths, number, parser, workers_arg
 from autoseg.errors import run_cli
 from autoseg.planning.planner import ARCHS
 from autoseg.planning.stage import run_planning, summary_table
@@ -16,20 +16,20 @@ def _main(argv: Sequence[str] | None) -> int:
     p = parser("autoseg-plan", "Check the raw dataset, measure its fingerprint and write plans.json: spacing, "
                "patch, batch and network per configuration, sized to the GPU memory.")
     add_dataset(p)
-    p.add_argument("--vram", type=float, default=None, metavar="GB",
+    p.add_argument("--vram", type=number(float, "--vram 8", above=0.0), default=None, metavar="GB",
                    help="GPU memory to plan for (default: the CUDA device's, else 8); small values (0.5) make CPU-sized plans")
     p.add_argument("--explain", action="store_true", help="print every planning decision in words")
     p.add_argument("--verify", action="store_true", help="only check the raw dataset and exit")
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help="override the architecture the VRAM preset picks (default: unet below 24 GB, resenc_unet from 24 GB)")
-    p.add_argument("--base-features", type=int, default=32, metavar="N",
+    p.add_argument("--base-features", type=number(int, "--base-features 32", low=1), default=32, metavar="N",
                    help="features of the first stage, doubled per stage (default: 32)")
-    p.add_argument("--max-features", type=int, default=320, metavar="N",
+    p.add_argument("--max-features", type=number(int, "--max-features 320", low=1), default=320, metavar="N",
                    help="cap on the features per stage; 2d gets 1.6x (default: 320)")
-    p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
+    p.add_argument("--spacing", type=number(float, "--spacing 2", above=0.0), nargs="+", default=None, metavar="MM",
                    help="override the target spacing: one value (isotropic) or three (z y x), e.g. --spacing 3 "
                         "for quick CPU training (default: from the data, as nnU-Net)")
-    p.add_argument("-np", "--workers", type=int, default=2, metavar="W",
+    p.add_argument("-np", "--workers", type=workers_arg(), default=2, metavar="W",
                    help="worker threads for checking and fingerprinting (default: 2)")
     args = p.parse_args(argv)
     paths = dataset_paths(args)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from autoseg.cli._common import add_dataset, dataset_paths, parse_shard, parser
+from autoseg.cli._common import THREADS, add_dataset, dataset_paths, fold_arg, number, parser, shard_arg
 from autoseg.errors import run_cli
 from autoseg.inference.predictor import CHECKPOINTS, PredictionReport, Predictor, predict_folder
 from autoseg.postprocessing import PostprocessingPlan
@@ -30,35 +30,40 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("-o", "--output", required=True, help="folder for CASE.nii.gz (and CASE.npz)")
     add_dataset(p)
     p.add_argument("-c", "--configuration", default="3d_fullres", help="trained configuration")
-    p.add_argument("-f", "--folds", nargs="+", default=None,
+    p.add_argument("-f", "--folds", nargs="+", type=fold_arg, default=None,
                    help="folds to average (0 1 2 3 4, or all); default: every trained fold_N (fold_all if none)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final", help="which checkpoint of each fold")
     p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster)")
-    p.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (0.5 = half overlap)")
+    p.add_argument("--step", type=number(float, "--step 0.5", above=0.0, high=1.0), default=0.5,
+                   help="window step as a fraction of the patch (0.5 = half overlap)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="network arithmetic: auto = bf16 on CPUs that support it, fp16 on CUDA, else fp32")
-    p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    p.add_argument("--batch-size", type=number(int, "--batch-size 2", low=1), default=1,
+                   help="windows per forward pass")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the networks: ~1.6x less CPU time per window after a one-off compile "
                         "(about 1-2 min, cached on disk); worth it for TTA or many cases")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz for autoseg-ensemble")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write per-voxel entropy and ensemble-variance maps (folds x mirrorings) and a per-case "
+                        "score to OUT/uncertainty/")
     p.add_argument("--postprocess", default=None, metavar="FILE", help="postprocessing.json to apply")
-    p.add_argument("--shard", default=None, help="i/n: only every n-th case starting at i (0-based), for job arrays")
+    p.add_argument("--shard", type=shard_arg, default=(0, 1),
+                   help="i/n: only every n-th case starting at i (0-based), for job arrays")
     p.add_argument("--png", action="store_true", help="also write an overlay CASE.png per case")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=THREADS, default=None, help="CPU threads for torch (default: torch's choice)")
     args = p.parse_args(argv)
-    if not 0 < args.step <= 1:
-        p.error("--step must be in (0, 1]")
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    shard = parse_shard(args.shard)
     post = PostprocessingPlan.load(args.postprocess) if args.postprocess else None
-    folds = None if args.folds is None else [f if f == "all" else int(f) for f in args.folds]
-    predictor = Predictor.from_results(dataset_paths(args), args.configuration, folds, args.checkpoint,
+    predictor = Predictor.from_results(dataset_paths(args), args.configuration, args.folds, args.checkpoint,
                                        device=args.device, precision=args.precision, mirroring=not args.no_tta,
                                        step=args.step, batch_size=args.batch_size, compile=args.compile)
-    report = predict_folder(predictor, args.input, args.output, args.save_probabilities, post, shard, args.png)
+    if args.uncertainty and predictor.num_members == 1:
+        print("autoseg-predict: one ensemble member (one fold, --no-tta): the variance maps will be 0", file=sys.stderr)
+    report = predict_folder(predictor, args.input, args.output, args.save_probabilities, post, args.shard, args.png,
+                            uncertainty=args.uncertainty)
     return print_report(report, args.output)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from autoseg.cli._common import add_dataset, dataset_paths, parse_shard, parser
+from autoseg.cli._common import add_dataset, dataset_paths, parser, shard_arg, workers_arg
 from autoseg.errors import run_cli
 from autoseg.planning.plans import Plans
 from autoseg.preprocessing import preprocess_dataset
@@ -17,16 +17,16 @@ def _main(argv: Sequence[str] | None) -> int:
     add_dataset(p)
     p.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"], metavar="CONFIG",
                    help="configurations to preprocess (2d, 3d_fullres, 3d_lowres) or 'all' for every planned one")
-    p.add_argument("-np", "--workers", type=int, default=2, help="worker processes (one case each at a time)")
-    p.add_argument("--shard", default=None, help="i/n: only every n-th case starting at i (0-based), for job arrays")
+    p.add_argument("-np", "--workers", type=workers_arg(), default=2, help="worker processes (one case each at a time)")
+    p.add_argument("--shard", type=shard_arg, default=(0, 1),
+                   help="i/n: only every n-th case starting at i (0-based), for job arrays")
     args = p.parse_args(argv)
     paths = dataset_paths(args)
-    shard = parse_shard(args.shard)
     configs = args.configurations
     if "all" in configs:
         configs = list(Plans.load(paths.plans_json).configurations)
     for name in configs:
-        done = preprocess_dataset(paths, name, workers=args.workers, shard=shard)
+        done = preprocess_dataset(paths, name, workers=args.workers, shard=args.shard)
         print(f"{name}: {len(done)} case(s) preprocessed -> {paths.config_dir(name)}", file=sys.stderr)
     return 0
 

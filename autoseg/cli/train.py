@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoseg.cli._common import add_dataset, dataset_paths, parser
+from autoseg.cli._common import add_dataset, dataset_paths, number, parser
 from autoseg.errors import run_cli
 from autoseg.precision import PRECISIONS
 from autoseg.training import TrainOptions, train_fold
@@ -19,24 +19,27 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("configuration", help="configuration of the plan: 3d_fullres, 2d or 3d_lowres")
     p.add_argument("fold", help="fold0..fold4, 0..4, or all")
     add_dataset(p)
-    p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="total epochs (a larger value extends a finished run)")
-    p.add_argument("--iters-per-epoch", type=int, default=_DEFAULTS.iters_per_epoch, help="training batches per epoch")
-    p.add_argument("--val-iters", type=int, default=_DEFAULTS.val_iters, help="validation batches per epoch (pseudo-Dice)")
-    p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="initial learning rate (poly decay, exponent 0.9)")
+    p.add_argument("--epochs", type=number(int, "--epochs 1000", low=1), default=_DEFAULTS.epochs,
+                   help="total epochs (a larger value extends a finished run)")
+    p.add_argument("--iters-per-epoch", type=number(int, "--iters-per-epoch 250", low=1),
+                   default=_DEFAULTS.iters_per_epoch, help="training batches per epoch")
+    p.add_argument("--val-iters", type=number(int, "--val-iters 50", low=0), default=_DEFAULTS.val_iters,
+                   help="validation batches per epoch (pseudo-Dice)")
+    p.add_argument("--lr", type=number(float, "--lr 0.01", above=0.0), default=_DEFAULTS.lr,
+                   help="initial learning rate (poly decay, exponent 0.9)")
     p.add_argument("--device", default=_DEFAULTS.device, choices=["auto", "cuda", "cpu"], help="where to train")
     p.add_argument("--precision", default=_DEFAULTS.precision, choices=PRECISIONS,
                    help="network arithmetic: auto = fp16 on CUDA, bf16 on CPUs with native bf16, else fp32")
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt in the fold folder")
     p.add_argument("--pretrained", type=Path, default=None, help="initialise from this checkpoint (same network)")
-    p.add_argument("--workers", type=int, default=_DEFAULTS.workers, help="data augmentation processes (0 = in process)")
-    p.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed of weights and sampling (resume needs the same)")
+    p.add_argument("--workers", type=number(int, "--workers 2", low=0), default=_DEFAULTS.workers,
+                   help="data augmentation processes (0 = in process)")
+    p.add_argument("--seed", type=number(int, "--seed 0", low=0, high=2 ** 32 - 1), default=_DEFAULTS.seed,
+                   help="seed of weights and sampling (resume needs the same)")
     p.add_argument("--no-augmentation", action="store_true", help="train on plain patches (for debugging)")
     p.add_argument("--no-validation", action="store_true", help="skip the sliding-window validation at the end")
     args = p.parse_args(argv)
-    for name in ("epochs", "iters_per_epoch"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    options = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=max(0, args.val_iters),
+    options = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
                            lr=args.lr, device=args.device, precision=args.precision, workers=args.workers,
                            seed=args.seed, pretrained=args.pretrained, resume=args.resume,
                            augment=not args.no_augmentation, validate=not args.no_validation)
