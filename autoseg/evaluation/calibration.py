@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 from autoseg.boxes import mask_bounds
 from autoseg.dataset import DatasetInfo
@@ -98,6 +97,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
         raise ValueError(f"{len(x)} vs {len(y)} values")
     if len(x) < 3:
         return None
+    from scipy.stats import rankdata   # here: scipy.stats takes a while to import, and is needed only here
     rx, ry = rankdata(x) - (len(x) + 1) / 2, rankdata(y) - (len(y) + 1) / 2
     denominator = float(np.sqrt(np.sum(rx * rx) * np.sum(ry * ry)))
     return float(np.sum(rx * ry) / denominator) if denominator > 0 else None
