@@ -12,8 +12,8 @@ Two maps per case, in the input's grid like the segmentation:
 The per-case score, per region or label, is the region's total binary entropy divided by its predicted
 volume (voxels, at least 1): the uncertain voxels per predicted voxel, which grows with the expected error
 relative to the region's size (as 1 - Dice does) and, unlike the mean entropy inside the prediction, also
-counts uncertain voxels just outside it (missed tumour). ``foreground_score`` is the same for the entropy map
-and the predicted foreground.
+counts uncertain voxels just outside it (missed tumour). ``foreground_score`` is the entropy map's total
+divided by the predicted foreground's voxels.
 """
 
 from __future__ import annotations
@@ -95,9 +95,10 @@ def case_scores(probs: np.ndarray, seg: np.ndarray, entropy: np.ndarray, info: D
     """Per region/label score and the foreground score (module docstring) of one case; ``seg`` is the
     written segmentation, whose values ``label_map`` rewrote from the dataset's (BraTS conventions)."""
     scores = {}
+    channels = output_channels(info)
     for name, values in zip(info.foreground_names, info.regions):
         predicted = np.count_nonzero(np.isin(seg, [label_map.get(v, v) for v in values]))
-        total = float(binary_entropy(probs[output_channels(info)[name]]).sum(dtype=np.float64))
+        total = float(binary_entropy(probs[channels[name]]).sum(dtype=np.float64))
         scores[name] = total / max(predicted, 1)
     foreground = float(entropy.sum(dtype=np.float64)) / max(int(np.count_nonzero(seg)), 1)
     return scores, foreground
