@@ -220,7 +220,7 @@ def test_cli_verify_only_and_bad_input(synthetic_home, tmp_path, capsys):
     assert run(["--home", str(synthetic_home), "--vram", "-1"]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
-        "autoseg-plan: error: --vram -1.0 must be positive; give the GPU memory in GB, e.g. --vram 8"]
+        "autoseg-plan: error: argument --vram: -1 must be a number above 0; e.g. --vram 8"]
     assert run(["--home", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "autoseg-plan: error:" in err and "Traceback" not in err
