@@ -23,7 +23,7 @@ from pathlib import Path
 
 from autoseg import brats
 from autoseg.brats import BratsCase
-from autoseg.dataset import check_case_id
+from autoseg.dataset import check_case_id, is_os_litter
 from autoseg.errors import AutosegError, ProblemList, fail
 from autoseg.io import atomic_path, write_json_atomic
 from autoseg.parallel import thread_map
@@ -35,11 +35,13 @@ _FIX_CONVENTION = ("convert each convention into its own dataset (another -d), o
 
 
 def _has_nifti(folder: Path) -> bool:
-    return any(p.name.endswith((".nii", ".nii.gz")) for p in folder.iterdir() if p.is_file())
+    return any(p.name.endswith((".nii", ".nii.gz")) and not is_os_litter(p.name) and p.is_file()
+               for p in folder.iterdir())
 
 
 def _subfolders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Sub-folders that may hold cases: not hidden, not ``__MACOSX`` (a zip archive's metadata from macOS)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and not is_os_litter(p.name))
 
 
 def find_case_folders(src: Path, problems: ProblemList) -> list[BratsCase]:

@@ -18,6 +18,16 @@ from autoseg.errors import AutosegError, fail
 from autoseg.io import read_json, write_json_atomic
 
 SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# what macOS (Finder, zip archives) and Windows (Explorer) leave in folders of images; "._*" is below
+OS_LITTER = frozenset({".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", ".spotlight-v100",
+                       ".trashes", ".fseventsd"})
+
+
+def is_os_litter(name: str) -> bool:
+    """Whether a file or folder name is one other operating systems leave beside images: macOS ``.DS_Store``,
+    ``._CASE_0000.nii.gz`` (AppleDouble metadata, named like the image it describes) and ``__MACOSX``, Windows
+    ``Thumbs.db`` and ``desktop.ini``. They are never data, so every reader of a folder of cases skips them."""
+    return name.startswith("._") or name.lower() in OS_LITTER
 
 
 @dataclass(frozen=True)
@@ -54,12 +64,11 @@ class DatasetInfo:
         cn, labels = d["channel_names"], d["labels"]
         if not isinstance(cn, dict) or not cn or sorted(cn, key=int) != [str(i) for i in range(len(cn))]:
             raise fail(path, "'channel_names' must map '0', '1', ... to channel names", "e.g. {\"0\": \"T1\", \"1\": \"FLAIR\"}")
-        if not isinstance(labels, dict) or labels.get("background") != 0:
+        if not isinstance(labels, dict):
+            raise fail(path, "'labels' must be an object of name: value", "e.g. {\"background\": 0, \"tumour\": 1}")
+        _check_label_values(labels, path)
+        if labels.get("background") != 0:
             raise fail(path, "'labels' must be an object with \"background\": 0", "add \"background\": 0 to labels")
-        for k, v in labels.items():
-            ok = isinstance(v, int) or (isinstance(v, list) and v and all(isinstance(x, int) for x in v))
-            if not ok or (isinstance(v, int) and v < 0):
-                raise fail(path, f"label {k!r} has value {v!r}", "use a non-negative integer or a list of integers")
         region_based = any(isinstance(v, list) for v in labels.values())
         rco = d.get("regions_class_order")
         if region_based and not rco:
@@ -68,6 +77,9 @@ class DatasetInfo:
         if rco is not None and (not isinstance(rco, list) or len(rco) != len(labels) - 1):
             raise fail(path, f"'regions_class_order' must list one value per non-background label ({len(labels) - 1})",
                        "give one label value per region")
+        if rco is not None and (strings := [x for x in rco if isinstance(x, str)]):
+            raise fail(path, f"'regions_class_order' holds label values written as strings ({_quoted(strings)})",
+                       "write them as numbers, without quotes")
         fe = d["file_ending"]
         if not isinstance(fe, str) or not fe.startswith("."):
             raise fail(path, f"'file_ending' {fe!r} must start with a dot", "use \".nii.gz\"")
@@ -147,6 +159,32 @@ class DatasetInfo:
         return class_values[np.argmax(outputs, axis=0)]
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _quoted(values: list[str]) -> str:
+    shown = ", ".join(f'"{v}"' for v in values[:3])
+    return shown + (", ..." if len(values) > 3 else "")
+
+
+def _check_label_values(labels: dict[str, Any], path: Path) -> None:
+    """Each label value is a non-negative integer or a non-empty list of them.
+
+    Values written as strings (``"1"`` for 1, a common slip when dataset.json is written by hand or by a
+    script that formats everything as text) are named as such: the generic message would send the user
+    looking elsewhere (e.g. for a background entry that is there, only quoted).
+    """
+    strings = [str(x) for v in labels.values() for x in (v if isinstance(v, list) else [v]) if isinstance(x, str)]
+    if strings:
+        raise fail(path, f"label values are written as strings ({_quoted(strings)}), not numbers",
+                   "remove the quotes around them, e.g. \"background\": 0, \"tumour\": 1")
+    for k, v in labels.items():
+        ok = (_is_int(v) and v >= 0) or (isinstance(v, list) and v and all(_is_int(x) and x >= 0 for x in v))
+        if not ok:
+            raise fail(path, f"label {k!r} has value {v!r}", "use a non-negative integer or a list of integers")
+
+
 @dataclass(frozen=True)
 class CaseFiles:
     """One case of the raw dataset: its channel files in order, and its label file if labelled."""
@@ -178,7 +216,7 @@ def list_cases(raw_dir: str | Path, info: DatasetInfo, subset: str = "Tr") -> di
     pat = re.compile(rf"^(.+)_(\d{{4}}){re.escape(ending)}$")
     ids: set[str] = set()
     for p in img_dir.iterdir():
-        m = pat.match(p.name)
+        m = None if is_os_litter(p.name) else pat.match(p.name)
         if m:
             ids.add(m.group(1))
     cases = {}

@@ -44,9 +44,13 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     if suffix is None:
         suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp" + suffix, dir=path.parent)
     except PermissionError:
         raise fail(path.parent, "folder is not writable", "choose a writable output folder or fix its permissions") from None
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise name_too_long(path) from None
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -57,10 +61,48 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         tmp_path.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
             raise fail(path, "no space left on device while writing", "free disk space and rerun; finished files are kept") from None
+        if e.errno == errno.ENAMETOOLONG:
+            raise name_too_long(path) from None
         raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+_TEMPORARY_ROOM = 32   # of a file name, for what atomic_path adds to the stem: dots, 8 random characters, .tmp.EXT
+
+
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name the file system of ``folder`` accepts (255 on most; 143 on eCryptfs)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def temporary_prefix(path: str | os.PathLike) -> str:
+    """``.STEM.``: how the hidden temporary names of :func:`atomic_path` for ``path`` begin.
+
+    A stem that would leave the temporary name over the file system's limit (a long case id: the
+    temporary is longer than the final name) is cut, and a hash of the whole stem keeps the prefixes of
+    two long names distinct; so any name that fits can be written atomically.
+    """
+    path = Path(path)
+    room = name_max(path.parent if path.parent.is_dir() else ".") - _TEMPORARY_ROOM
+    stem = path.stem
+    if len(stem) > room:
+        stem = f"{stem[:max(1, room - 9)]}~{zlib.crc32(stem.encode()):08x}"
+    return f".{stem}."
+
+
+def name_too_long(path: Path) -> AutosegError:
+    """The one-line error for ENAMETOOLONG: which limit (the name's or the whole path's) ``path`` exceeds."""
+    limit = name_max(path.parent) if path.parent.is_dir() else 255
+    if len(path.name.encode()) > limit:
+        return fail(path, f"file name too long for the file system ({len(path.name.encode())} bytes, at most {limit})",
+                    "shorten the case id (or file name)")
+    return fail(path, f"path too long for the file system ({len(os.fsencode(path.absolute()))} bytes)",
+                "choose a shorter output folder, or shorten the case id")
 
 
 @functools.lru_cache(maxsize=1)

@@ -882,3 +882,104 @@ def test_bad_numbers_are_refused_while_parsing(base: Path, tmp_path: Path, capsy
     assert lines[0].startswith(f"{prog}: error: argument {option}") and f"; e.g. {option} " in lines[0], lines
     assert snapshot(home) == before and not (tmp_path / "out").exists() and not (tmp_path / "demo").exists()
     record(f"{option} {args[-1]}", prog, code, lines, "everything (nothing is done)", tmp_path)
+
+
+# ---------------------------------------------------------------- messages that pointed the wrong way (issue 16, item 11)
+
+def test_label_values_written_as_strings_are_named_as_such(work: Path, capsys) -> None:
+    """"1" instead of 1 in dataset.json: the message says so (it used to ask for a background entry that was there)."""
+    paths = _paths(work)
+    d = json.loads(paths.dataset_json.read_text())
+    d["labels"] = {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in d["labels"].items()}
+    paths.dataset_json.write_text(json.dumps(d))
+    before = snapshot(paths.preprocessed)
+    code, lines = run(plan_main, ["--home", work / "home", *PLAN_ARGS], capsys)
+    line = expect_one_line(code, lines, paths.dataset_json, "autoseg-plan")
+    assert "written as strings" in line and '"0"' in line and "background" not in line.split(";")[0], line
+    assert snapshot(paths.preprocessed) == before
+    record("label values written as strings (\"1\" for 1)", "autoseg-plan", code, lines, "plans.json, preprocessed/",
+           work)
+
+
+LITTER = {".DS_Store": b"Bud1", "Thumbs.db": b"\xd0\xcf", "desktop.ini": b"[.ShellClassInfo]"}
+
+
+def _litter(folder: Path, images: list[str]) -> None:
+    """What macOS and Windows leave in a folder: .DS_Store, Thumbs.db, desktop.ini, an AppleDouble ._NAME per image
+    (named like the image it describes, but 4 KB of metadata) and a __MACOSX folder (zip archives)."""
+    for name, data in LITTER.items():
+        (folder / name).write_bytes(data)
+    for name in images:
+        (folder / f"._{name}").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))
+    (folder / "__MACOSX").mkdir()
+    for name in images:
+        (folder / "__MACOSX" / f"._{name}").write_bytes(bytes(4096))
+
+
+@pytest.mark.slow
+def test_files_other_systems_leave_beside_images_are_ignored(work: Path, capsys) -> None:
+    """Stray .DS_Store, ._CASE_0000.nii.gz, Thumbs.db, desktop.ini, __MACOSX are not data: no error anywhere
+    (a ._ file used to be an 'unsafe case id' with exit 2)."""
+    paths = _paths(work)
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        _litter(paths.raw / sub, sorted(p.name for p in (paths.raw / sub).glob("*.nii.gz")))
+    for p in paths.config_dir("3d_fullres").glob("case_002*"):   # so that preprocessing reads the raw folders
+        p.unlink()
+    code, lines = run(plan_main, ["--home", work / "home", *PLAN_ARGS], capsys)
+    assert code == 0, lines
+    code, lines = run(preprocess_main, ["--home", work / "home", "-np", "1"], capsys)
+    assert code == 0 and "1 case(s) preprocessed" in lines[-1], lines
+    code, lines = run(predict_main, ["-i", paths.raw / "imagesTs", "-o", work / "out", "--home", work / "home",
+                                     *PREDICT_ARGS], capsys)
+    assert code == 0 and lines[-1].startswith("2 written, 0 already done, 0 failed"), lines
+    assert sorted(p.name for p in (work / "out").iterdir()) == ["case_004.nii.gz", "case_005.nii.gz"]
+    record(".DS_Store, Thumbs.db, desktop.ini, ._CASE_0000.nii.gz, __MACOSX/ beside the images", "autoseg-predict",
+           code, lines, "(ignored; the 2 cases are predicted)", work)
+    src = _brats_src(work)
+    for case in src.iterdir():
+        _litter(case, sorted(p.name for p in case.iterdir()))
+    _litter(src, [])
+    code, lines = run(convert_main, ["brats", src, "-d", "7", "--home", work / "chome", "-np", "1"], capsys)
+    assert code == 0, lines
+    assert len(list((work / "chome" / "raw" / "Dataset007_BraTS" / "imagesTr").iterdir())) == 2 * 4
+
+
+def _rename_case(folder: Path, old: str, new: str) -> None:
+    for p in folder.glob(f"{old}_*.nii.gz"):
+        p.rename(folder / p.name.replace(old, new, 1))
+
+
+@pytest.mark.slow
+def test_a_case_id_too_long_for_a_temporary_name_is_predicted(work: Path, capsys) -> None:
+    """A case id whose output name fits the file system but whose temporary name (about 25 characters longer)
+    did not: it used to stop the whole prediction with a message about permissions and free disk space."""
+    paths = _paths(work)
+    inp, out = work / "in", work / "out"
+    shutil.copytree(paths.raw / "imagesTs", inp)
+    long_id = "case_005_" + "x" * (240 - len("case_005_"))          # CASE_0000.nii.gz has 252 characters
+    _rename_case(inp, "case_005", long_id)
+    code, lines = run(predict_main, ["-i", inp, "-o", out, "--home", work / "home", *PREDICT_ARGS], capsys)
+    assert code == 0 and lines[-1].startswith("2 written, 0 already done, 0 failed"), lines
+    assert (out / f"{long_id}.nii.gz").is_file() and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_a_path_too_long_for_the_file_system_fails_that_case_only(work: Path, capsys) -> None:
+    """An output path over the system's limit (PATH_MAX) for one case: that case fails with a line that says so
+    and names it, the others are predicted (it used to stop everything, blaming permissions and disk space)."""
+    paths = _paths(work)
+    inp = work / "in"
+    shutil.copytree(paths.raw / "imagesTs", inp)
+    long_id = "case_005_" + "y" * 190
+    _rename_case(inp, "case_005", long_id)
+    out = work
+    while len(str(out)) < 3950:                         # a deep -o: case_004 fits in it, the long id does not
+        out = out / ("d" * min(200, 3950 - len(str(out)) - 1))
+    code, lines = run(predict_main, ["-i", inp, "-o", out, "--home", work / "home", *PREDICT_ARGS], capsys)
+    shown = [ln.replace(str(out), "…/OUT") for ln in lines]
+    assert code == 2 and len(lines) == 2, shown
+    assert shown[0].startswith(f"failed: {long_id}: …/OUT/{long_id}.nii.gz: path too long for the file system"), shown
+    assert shown[1].startswith("1 written, 0 already done, 1 failed"), shown
+    assert sorted(p.name for p in out.iterdir()) == ["case_004.nii.gz"]
+    record("output path longer than the file system allows (one case of two)", "autoseg-predict", code, shown,
+           "the other case is written", work)

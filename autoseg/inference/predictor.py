@@ -11,6 +11,7 @@ member-variance maps and a per-case score (:mod:`autoseg.inference.uncertainty`)
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from autoseg.brats import ENHANCING, find_brats_case
 from autoseg.checkpoint import load_checkpoint
-from autoseg.dataset import DatasetInfo, check_case_id
+from autoseg.dataset import DatasetInfo, check_case_id, is_os_litter
 from autoseg.errors import AutosegError, fail
 from autoseg.inference.sliding_window import (eval_mode, logits_to_probabilities, mirror_combinations,
                                               sliding_window_logits)
@@ -61,10 +62,11 @@ def find_input_cases(folder: str | Path, num_channels: int, file_ending: str = "
         return [InputCase(single.case_id, single.channels, single.convention)]
     cases: dict[str, InputCase] = {}
     pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
-    ids = sorted({m.group(1) for p in folder.iterdir() if p.is_file() and (m := pattern.match(p.name))})
+    entries = [p for p in folder.iterdir() if not is_os_litter(p.name)]
+    ids = sorted({m.group(1) for p in entries if p.is_file() and (m := pattern.match(p.name))})
     for cid in ids:
         cases[cid] = InputCase(cid, tuple(folder / f"{cid}_{c:04d}{file_ending}" for c in range(num_channels)))
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for sub in sorted(p for p in entries if p.is_dir()):
         bc = find_brats_case(sub)
         if bc is not None:
             cases.setdefault(bc.case_id, InputCase(bc.case_id, bc.channels, bc.convention))
@@ -287,11 +289,13 @@ def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
 
 def _is_done(case: InputCase, out_dir: Path, with_probabilities: bool) -> bool:
     seg, npz = output_paths(out_dir, case.case_id)
-    return seg.is_file() and (npz.is_file() or not with_probabilities)
+    return os.path.isfile(seg) and (os.path.isfile(npz) or not with_probabilities)
 
 
 def _prefetch(cases: list[InputCase]) -> Iterator[tuple[InputCase, Future]]:
     """Read the next case in a background thread while the current one is predicted."""
+    """Whether the case's outputs exist; os.path.isfile, not Path.is_file, because a name too long for the
+    file system must make this case fail when it is written (one line), not stop every case here."""
     with ThreadPoolExecutor(1) as pool:
         futures = [pool.submit(read_input_case, cases[0])] if cases else []
         for i, case in enumerate(cases):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from autoseg.dataset import DatasetInfo
+from autoseg.dataset import DatasetInfo, is_os_litter
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import Fingerprint, compute_fingerprint
 from autoseg.paths import DatasetPaths
@@ -25,7 +25,7 @@ def raw_signature(raw_dir: Path) -> str:
     """Hash of the names, sizes and modification times of dataset.json and the image and label files."""
     h = hashlib.sha256()
     files = [raw_dir / "dataset.json", *(f for sub in ("imagesTr", "labelsTr", "imagesTs")
-                                         for f in sorted((raw_dir / sub).glob("*")))]
+                                         for f in sorted((raw_dir / sub).glob("*")) if not is_os_litter(f.name))]
     for f in files:
         if f.is_file():
             st = f.stat()

@@ -23,7 +23,7 @@ import numpy as np
 
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail
-from autoseg.io import read_json, save_npy_atomic, save_npz_atomic, write_json_atomic
+from autoseg.io import read_json, save_npy_atomic, save_npz_atomic, temporary_prefix, write_json_atomic
 from autoseg.preprocessing.properties import CaseProperties
 
 FORMAT_VERSION = 1
@@ -101,8 +101,8 @@ def remove_stale_temporaries(config_dir: Path, case_id: str) -> None:
     """Delete temporary files a killed writer left for this case (``.CASE_data.XXXX.tmp.npy`` ...)."""
     if not config_dir.is_dir():
         return
-    stems = "|".join(re.escape(p.stem) for p in case_files(config_dir, case_id).values())
-    pattern = re.compile(rf"^\.({stems})\.[^.]+\.tmp\.(npy|npz|json)$")
+    prefixes = "|".join(re.escape(temporary_prefix(p)) for p in case_files(config_dir, case_id).values())
+    pattern = re.compile(rf"^({prefixes})[^.]+\.tmp\.(npy|npz|json)$")
     for p in config_dir.iterdir():
         if pattern.match(p.name):
             p.unlink(missing_ok=True)
