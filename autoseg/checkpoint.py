@@ -3,8 +3,9 @@ run code, and checked against the plan they were trained with.
 
 A checkpoint is a dict of plain types and tensors:
 ``format``, ``configuration`` (its ConfigurationPlan as a dict), ``dataset`` (dataset.json as a dict),
-``plan_hash``, ``network_state``, ``epoch``, and for training state ``optimizer_state``,
-``grad_scaler_state``, ``sampler_state``, ``log`` (per-epoch metrics). Inference needs only the first ones.
+``dataset_folder`` (``DatasetNNN_Name``) and ``fold`` it was trained for, ``plan_hash``, ``network_state``,
+``epoch``, and for training state ``optimizer_state``, ``grad_scaler_state``, ``sampler_state``, ``log``
+(per-epoch metrics). Inference needs only the first ones.
 """
 
 from __future__ import annotations
@@ -45,8 +46,13 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, expected_configuration: dict[str, Any] | None = None,
-                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load without executing code; refuse tampered, foreign or other-plan checkpoints with one line."""
+                    map_location: str | torch.device = "cpu", dataset: str | None = None,
+                    fold: int | str | None = None) -> dict[str, Any]:
+    """Load without executing code; refuse tampered, foreign or other-plan checkpoints with one line.
+
+    With ``dataset`` (``DatasetNNN_Name``) and ``fold``, the fold folder it is loaded from: refuse one that was
+    trained for another dataset or fold (see :func:`check_origin`).
+    """
     path = Path(path)
     if not path.is_file():
         raise fail(path, "checkpoint not found", "train this fold first (autoseg-train) or check -f/-c")
@@ -66,4 +72,23 @@ def load_checkpoint(path: str | Path, expected_configuration: dict[str, Any] | N
     if expected_configuration is not None and ckpt["plan_hash"] != plan_hash(expected_configuration):
         raise fail(path, "checkpoint was trained with another plan (network, patch, spacing or normalisation differ)",
                    "retrain with the current plan, or restore the plans.json it was trained with")
+    check_origin(ckpt, path, dataset, fold)
     return ckpt
+
+
+def check_origin(ckpt: dict[str, Any], path: Path, dataset: str | None, fold: int | str | None) -> None:
+    """Refuse a checkpoint in the fold folder of ``dataset`` / ``fold`` that was trained for another one.
+
+    Such a file was copied there (a results folder reused for a new dataset with the same plan, a fold
+    copied into another's folder): its plan matches, so nothing else would notice, and resuming it or
+    predicting with it would silently use the wrong data's model. Checkpoints from before these fields
+    were stored carry no ``dataset_folder`` and are not compared.
+    """
+    trained_on = ckpt.get("dataset_folder")
+    if dataset is not None and trained_on is not None and trained_on != dataset:
+        raise fail(path, f"checkpoint was trained on dataset {trained_on}, not on {dataset} whose fold folder "
+                   "holds it", f"use it with -d {trained_on}; for {dataset}, delete this fold folder and train it")
+    trained_fold = ckpt.get("fold")
+    if fold is not None and trained_fold is not None and str(trained_fold) != str(fold):
+        raise fail(path, f"checkpoint was trained as fold {trained_fold}, but lies in the folder of fold {fold}",
+                   f"move it back to fold_{trained_fold}/, or delete this fold folder and train fold {fold}")

@@ -196,7 +196,7 @@ def fold_checkpoint(paths: DatasetPaths, fold: int = 0, seed: int = 0, configura
     net = network_for_dataset(configuration_from_dict(config).network, info)
     path = paths.fold_dir("3d_fullres", fold) / name
     save_checkpoint(path, {"configuration": config, "dataset": info.to_dict(), "network_state": net.state_dict(),
-                           "epoch": 0})
+                           "epoch": 0, "dataset_folder": paths.name, "fold": str(fold)})
     return path
 
 
@@ -983,3 +983,47 @@ def test_a_path_too_long_for_the_file_system_fails_that_case_only(work: Path, ca
     assert sorted(p.name for p in out.iterdir()) == ["case_004.nii.gz"]
     record("output path longer than the file system allows (one case of two)", "autoseg-predict", code, shown,
            "the other case is written", work)
+
+
+# ---------------------------------------------------------------- a checkpoint from another dataset or fold (item 6)
+
+def _copy_dataset(work: Path, new: str) -> DatasetPaths:
+    """The dataset under another name (its plan is the same), with the results folder of the first one."""
+    old, home = _paths(work), work / "home"
+    for part in ("raw", "preprocessed", "results"):
+        if (home / part / DS).is_dir():
+            shutil.copytree(home / part / DS, home / part / new)
+    return DatasetPaths(home, new)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_dataset_or_fold_is_refused(work: Path, capsys) -> None:
+    """A fold folder copied from another dataset with the same plan (or into another fold's folder) is refused
+    by autoseg-predict and autoseg-train --resume; it used to be used silently."""
+    paths = _paths(work)
+    home = work / "home"
+    _quiet(train_main, ["3d_fullres", "fold1", "--home", home, *TRAIN_ARGS, "--epochs", "2"])
+    other = _copy_dataset(work, "Dataset002_Other")
+    latest = other.fold_dir("3d_fullres", 1) / "checkpoint_latest.pt"
+    before = snapshot(other.results)
+    code, lines = run(predict_main, ["-i", paths.raw / "imagesTs", "-o", work / "out", "--home", home, "-d", "2",
+                                     *PREDICT_ARGS[2:], "-f", "1"], capsys)
+    final = other.fold_dir("3d_fullres", 1) / "checkpoint_final.pt"
+    line = expect_one_line(code, lines, final, "autoseg-predict")
+    assert f"trained on dataset {DS}, not on Dataset002_Other" in line, line
+    record("checkpoint of another dataset (results folder copied, same plan)", "autoseg-predict", code, lines,
+           "no output", work)
+    code, lines = run(train_main, ["3d_fullres", "fold1", "--home", home, "-d", "2", *TRAIN_ARGS, "--epochs", "3",
+                                   "--resume"], capsys)
+    line = expect_one_line(code, lines, latest, "autoseg-train")
+    assert f"trained on dataset {DS}" in line and snapshot(other.results) == before, line
+    record("checkpoint of another dataset (results folder copied, same plan)", "autoseg-train --resume", code, lines,
+           "fold folder unchanged", work)
+    assert not (work / "out").exists() or not list((work / "out").iterdir())
+
+    shutil.copytree(paths.fold_dir("3d_fullres", 1), paths.fold_dir("3d_fullres", 2))   # fold 1 copied as fold 2
+    code, lines = run(predict_main, ["-i", paths.raw / "imagesTs", "-o", work / "out", "--home", home, "-d", "1",
+                                     *PREDICT_ARGS[2:], "-f", "1", "2"], capsys)
+    line = expect_one_line(code, lines, paths.fold_dir("3d_fullres", 2) / "checkpoint_final.pt", "autoseg-predict")
+    assert "trained as fold 1, but lies in the folder of fold 2" in line, line
+    record("checkpoint of another fold (fold_1 copied to fold_2)", "autoseg-predict", code, lines, "no output", work)

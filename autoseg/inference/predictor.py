@@ -137,17 +137,21 @@ class Predictor:
 
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], device: str = "auto", precision: str = "auto",
-                         expected_configuration: dict | None = None, **options) -> Predictor:
+                         expected_configuration: dict | None = None, dataset: str | None = None,
+                         folds: Sequence[int | str] | None = None, **options) -> Predictor:
         """Load checkpoints written by autoseg-train (all of one configuration and dataset); with
-        ``expected_configuration`` (the current plan's), a checkpoint of another plan is refused."""
+        ``expected_configuration`` (the current plan's), a checkpoint of another plan is refused, and with
+        ``dataset`` (``DatasetNNN_Name``) and ``folds`` (one per path) one trained for another dataset or fold."""
         if not paths:
             raise fail(None, "no checkpoint given", "train a fold first or check -f")
         dev = pick_device(device)
-        first = load_checkpoint(paths[0], expected_configuration)
+        origin = [(dataset, f) for f in folds] if folds is not None else [(dataset, None)] * len(paths)
+        first = load_checkpoint(paths[0], expected_configuration, dataset=origin[0][0], fold=origin[0][1])
         config, info = configuration_from_dict(first["configuration"]), DatasetInfo.from_dict(first["dataset"], paths[0])
         networks = []
         for i, path in enumerate(paths):
-            ckpt = first if i == 0 else load_checkpoint(path, first["configuration"])
+            ckpt = first if i == 0 else load_checkpoint(path, first["configuration"], dataset=origin[i][0],
+                                                        fold=origin[i][1])
             net = network_for_dataset(config.network, info, deep_supervision=False)
             try:
                 net.load_state_dict(ckpt["network_state"])
@@ -174,8 +178,10 @@ class Predictor:
             if not found:
                 raise fail(paths.results / configuration, f"no trained fold with {name}",
                            f"train one first: autoseg-train {configuration} fold0")
-            return cls.from_checkpoints(found, **kwargs)
-        return cls.from_checkpoints([paths.fold_dir(configuration, f) / name for f in folds], **kwargs)
+            folds = [p.parent.name.removeprefix("fold_") for p in found]
+            return cls.from_checkpoints(found, dataset=paths.name, folds=folds, **kwargs)
+        return cls.from_checkpoints([paths.fold_dir(configuration, f) / name for f in folds], dataset=paths.name,
+                                    folds=folds, **kwargs)
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
@@ -288,14 +294,14 @@ def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
 
 
 def _is_done(case: InputCase, out_dir: Path, with_probabilities: bool) -> bool:
+    """Whether the case's outputs exist; os.path.isfile, not Path.is_file, because a name too long for the
+    file system must make this case fail when it is written (one line), not stop every case here."""
     seg, npz = output_paths(out_dir, case.case_id)
     return os.path.isfile(seg) and (os.path.isfile(npz) or not with_probabilities)
 
 
 def _prefetch(cases: list[InputCase]) -> Iterator[tuple[InputCase, Future]]:
     """Read the next case in a background thread while the current one is predicted."""
-    """Whether the case's outputs exist; os.path.isfile, not Path.is_file, because a name too long for the
-    file system must make this case fail when it is written (one line), not stop every case here."""
     with ThreadPoolExecutor(1) as pool:
         futures = [pool.submit(read_input_case, cases[0])] if cases else []
         for i, case in enumerate(cases):

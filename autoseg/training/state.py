@@ -25,11 +25,13 @@ HEADS = "heads."  # output layers of autoseg.network.UNet
 
 def training_payload(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                      plan: ConfigurationPlan, info: DatasetInfo, log: TrainingLog, options: TrainOptions,
-                     fold: int | str) -> dict[str, Any]:
-    """The checkpoint dict after ``log.epochs_done`` epochs (plain types and tensors only)."""
+                     fold: int | str, dataset_folder: str) -> dict[str, Any]:
+    """The checkpoint dict after ``log.epochs_done`` epochs (plain types and tensors only); ``dataset_folder``
+    (``DatasetNNN_Name``) and ``fold`` say what it was trained for, checked wherever a fold folder is loaded."""
     return {
         "configuration": asdict(plan),
         "dataset": info.to_dict(),
+        "dataset_folder": dataset_folder,
         "network_state": {k: v.detach().cpu() for k, v in network.state_dict().items()},
         "epoch": log.epochs_done,
         "fold": str(fold),

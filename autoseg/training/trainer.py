@@ -40,12 +40,14 @@ from autoseg.training.validation import validate_cases
 
 @dataclass(frozen=True)
 class FoldData:
-    """Everything one fold trains from: the plan, the dataset's labels, the case split and the cases' folder."""
+    """Everything one fold trains from: the plan, the dataset's labels, the case split and the cases' folder,
+    and the dataset's folder name (``DatasetNNN_Name``), stored in checkpoints."""
 
     plan: ConfigurationPlan
     info: DatasetInfo
     split: Split
     config_dir: Path
+    dataset: str
 
 
 def load_fold_data(paths: DatasetPaths, configuration: str, fold: int | str, dist: ddp.DistInfo | None = None) -> FoldData:
@@ -64,7 +66,7 @@ def load_fold_data(paths: DatasetPaths, configuration: str, fold: int | str, dis
     else:
         ddp.barrier()  # rank 0 has written splits.json
         splits = load_or_create_splits(paths.splits_json, case_ids)
-    return FoldData(plan, info, fold_cases(splits, fold, case_ids, paths.splits_json), config_dir)
+    return FoldData(plan, info, fold_cases(splits, fold, case_ids, paths.splits_json), config_dir, paths.name)
 
 
 def resolve_device(name: str, dist: ddp.DistInfo) -> torch.device:
@@ -222,13 +224,14 @@ def _remove_stale_temporaries(fold_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _start_state(fold_dir: Path, options: TrainOptions, plan: ConfigurationPlan) -> dict | None:
-    """The checkpoint to continue from, None to start fresh; refuse to silently overwrite a run."""
+def _start_state(fold_dir: Path, options: TrainOptions, data: FoldData, fold: int | str) -> dict | None:
+    """The checkpoint to continue from, None to start fresh; refuse to silently overwrite a run, or to continue
+    one of another plan, dataset or fold."""
     latest = fold_dir / "checkpoint_latest.pt"
     if not latest.is_file():
         return None
     from dataclasses import asdict
-    ckpt = load_checkpoint(latest, asdict(plan))
+    ckpt = load_checkpoint(latest, asdict(data.plan), dataset=data.dataset, fold=fold)
     finished = ckpt["epoch"] >= options.epochs
     if not options.resume and not finished:
         raise fail(latest, f"a run of {ckpt['epoch']} epoch(s) exists in this fold folder",
@@ -258,7 +261,7 @@ def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, option
     optimizer = build_optimizer(network, options)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     region_names = data.info.foreground_names
-    ckpt = _start_state(fold_dir, options, data.plan)
+    ckpt = _start_state(fold_dir, options, data, fold)
     log = restore_training(ckpt, network, optimizer, scaler, options, fold_dir) if ckpt else TrainingLog(region_names)
     main = dist.is_main
 
@@ -308,7 +311,8 @@ def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
             best = log.add(train_loss, val_loss, dice, lr, time.perf_counter() - start)
             if dist.is_main:
                 write(log.line(epoch))
-                payload = training_payload(network, optimizer, scaler, data.plan, data.info, log, options, fold)
+                payload = training_payload(network, optimizer, scaler, data.plan, data.info, log, options, fold,
+                                           data.dataset)
                 save_checkpoint(fold_dir / "checkpoint_latest.pt", payload)
                 if best:
                     save_checkpoint(fold_dir / "checkpoint_best.pt", payload)
@@ -316,5 +320,6 @@ def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
                 plot_progress(log, fold_dir / "progress.png")
     if dist.is_main:
         save_checkpoint(fold_dir / "checkpoint_final.pt",
-                        training_payload(network, optimizer, scaler, data.plan, data.info, log, options, fold))
+                        training_payload(network, optimizer, scaler, data.plan, data.info, log, options, fold,
+                                         data.dataset))
         write(f"finished {log.epochs_done} epochs; wrote checkpoint_final.pt")
