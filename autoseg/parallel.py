@@ -1,4 +1,5 @@
-"""Run one function over many cases in a few threads, with a progress bar; split cases across jobs.
+"""Run one function over many cases in a few threads, with a progress bar; split cases across jobs;
+the cores and memory this process may use.
 
 Threads, not processes: the per-case work here (gzip, SimpleITK/nibabel reads, numpy reductions)
 releases the GIL, so threads give the parallelism without spawn start-up or copies of the inputs.
@@ -34,6 +35,21 @@ def available_cores() -> int:
     except (OSError, ValueError):
         pass
     return max(1, cores)
+
+
+def memory_limit() -> int:
+    """Bytes of memory this process may use: the machine's physical memory, or a cgroup v2 limit if lower."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        total = 2 ** 62   # unknown: nothing is refused on this ground
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            total = min(total, int(limit))
+    except (OSError, ValueError):
+        pass
+    return total
 
 
 def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: str, unit: str = "case") -> list[R]:

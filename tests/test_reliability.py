@@ -1027,3 +1027,58 @@ def test_a_checkpoint_of_another_dataset_or_fold_is_refused(work: Path, capsys) 
     line = expect_one_line(code, lines, paths.fold_dir("3d_fullres", 2) / "checkpoint_final.pt", "autoseg-predict")
     assert "trained as fold 1, but lies in the folder of fold 2" in line, line
     record("checkpoint of another fold (fold_1 copied to fold_2)", "autoseg-predict", code, lines, "no output", work)
+
+
+# ---------------------------------------------------------------- an outlier case (item 4)
+
+def _respace(raw: Path, case: int, spacing: tuple[float, float, float]) -> None:
+    for p in [*raw.glob(f"imagesTr/case_{case:03d}_*.nii.gz"), _lab(raw, case)]:
+        _rewrite(p, lambda a, g: (a, Geometry(g.size, spacing, g.origin, g.direction)))
+
+
+def test_plan_warns_about_an_outlier_case_and_preprocess_names_it_and_finishes_the_others(
+        work: Path, capsys, monkeypatch) -> None:
+    """A case with 100 mm spacing among 1 mm ones: autoseg-plan warns (exit 0); autoseg-preprocess refuses that
+    case before allocating (2400 x 3200 x 3200 voxels at 1 mm), writes the others, exits 2 naming it. It used to
+    end in "out of memory; use fewer workers (-np 1)" with -np 1 given, no case named and the good cases lost."""
+    import autoseg.preprocessing.case as case_module
+    limit = min(case_module.memory_limit(), 64 * 2 ** 30)   # (on a machine with more, still refused, not tried)
+    monkeypatch.setattr(case_module, "memory_limit", lambda: limit)
+    paths = _paths(work)
+    _respace(paths.raw, 2, (100.0, 100.0, 100.0))
+    code, lines = run(plan_main, ["--home", work / "home", *PLAN_ARGS], capsys)
+    warnings = [ln for ln in lines if ln.startswith("autoseg-plan: warning: ")]
+    assert code == 0 and len(warnings) == 1, lines
+    assert str(_img(paths.raw, 2, 0)) in warnings[0] and "100x the median" in warnings[0], warnings
+    assert any("case_002" in s for s in Plans.load(paths.plans_json).explanation)
+    record("one case with 100 mm spacing among 1 mm ones", "autoseg-plan", code, warnings,
+           "(a warning; the plan follows the median)", work)
+    out = paths.config_dir("3d_fullres")
+    shutil.rmtree(out)
+    code, lines = run(preprocess_main, ["--home", work / "home", "-np", "1"], capsys)
+    line = expect_one_line(code, lines, paths.raw / "imagesTr" / "case_002", "autoseg-preprocess")
+    assert "voxels" in line and "beyond this machine's" in line, line
+    assert sorted(p.name for p in out.glob("*.json")) == ["case_000.json", "case_001.json", "case_003.json"]
+    record("one case with 100 mm spacing among 1 mm ones", "autoseg-preprocess", code, lines,
+           "the other cases are written", work)
+
+
+def test_preprocess_names_a_case_that_runs_out_of_memory_and_finishes_the_others(work: Path, capsys,
+                                                                                 monkeypatch) -> None:
+    """Memory running out while one case is resampled (other programs hold it): that case is named, the others
+    are written, exit 2 at the end."""
+    import autoseg.preprocessing.case as case_module
+
+    def short_of_memory(*args, **kwargs):
+        raise MemoryError()
+    paths = _paths(work)
+    out = paths.config_dir("3d_fullres")
+    shutil.rmtree(out)
+    _respace(paths.raw, 1, (1.0, 1.0, 1.5))        # case 1 is the only one resampled: the one to run short
+    monkeypatch.setattr(case_module, "resample_image", short_of_memory)
+    code, lines = run(preprocess_main, ["--home", work / "home", "-np", "1"], capsys)
+    line = expect_one_line(code, lines, paths.raw / "imagesTr" / "case_001", "autoseg-preprocess")
+    assert "out of memory while preprocessing this case" in line and "-np" not in line, line
+    assert sorted(p.name for p in out.glob("*.json")) == ["case_000.json", "case_002.json", "case_003.json"]
+    record("out of memory while resampling one case", "autoseg-preprocess", code, lines,
+           "the other cases are written", work)

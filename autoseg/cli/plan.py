@@ -38,8 +38,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"{paths.raw}: dataset OK")
         return 0
     plans = run_planning(paths, vram_gb=args.vram, arch=args.arch, base_features=args.base_features,
-                         max_features=args.max_features, workers=args.workers,
-                         spacing=args.spacing)
+                         max_features=args.max_features, workers=args.workers, spacing=args.spacing,
+                         warn=lambda line: print(f"autoseg-plan: warning: {line}", file=sys.stderr))
     print(f"{paths.name}: planned for {plans.vram_gb:g} GB ({plans.vram_source})")
     print(summary_table(plans))
     if args.explain:

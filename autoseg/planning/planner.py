@@ -34,6 +34,7 @@ MASK_THRESHOLD = 0.75          # z-score inside the nonzero mask when cropping k
 MIXED_PRECISION = True         # plans are sized for mixed-precision training on a GPU
 CANONICAL_ORIENTATION = "LPS"  # arrays are (z, y, x) after reorientation to ITK's identity direction
 ARCHS = ("unet", "resenc_unet")
+OUTLIER_FACTOR = 10            # a case this many times off the median spacing or shape on an axis is named
 
 
 def memory_budget_bytes(vram_gb: float) -> int:
@@ -133,6 +134,34 @@ def _case_arrays(fp: Fingerprint) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows = cropped or fp.cases
     shapes = np.array([c.shape_after_crop or c.shape for c in rows], dtype=float)
     return spacings, np.array([c.spacing for c in rows], dtype=float), shapes
+
+
+def outlier_cases(fp: Fingerprint, spacing: Sequence[float]) -> list[tuple[str, str]]:
+    """(case id, what is unusual) for each case whose spacing or shape is more than ``OUTLIER_FACTOR`` times
+    off the median of the training cases on some axis (needs 3 cases or more for a median to mean anything).
+
+    Usually a header in the wrong unit (cm for mm) or an image of another kind. The plan follows the
+    median, so it stays sound, but the case is still resampled to the target ``spacing``: its size there
+    is given, since a case 100x too coarse grows a million-fold.
+    """
+    if len(fp.cases) < 3:
+        return []
+    spacings = np.array([c.spacing for c in fp.cases], dtype=float)
+    shapes = np.array([c.shape for c in fp.cases], dtype=float)
+    medians = {"spacing": np.median(spacings, axis=0), "shape": np.median(shapes, axis=0)}
+    found = []
+    for case, sp, sh in zip(fp.cases, spacings, shapes):
+        words = []
+        for what, values, unit in (("spacing", sp, " mm"), ("shape", sh, "")):
+            ratio = values / medians[what]
+            worst = float(max(ratio.max(), 1 / ratio.min()))
+            if worst > OUTLIER_FACTOR:
+                how = f"{ratio.max():.3g}x" if ratio.max() >= 1 / ratio.min() else f"1/{1 / ratio.min():.3g}"
+                words.append(f"{what} {fmt(values)}{unit} is {how} the median {fmt(medians[what])}{unit}")
+        if words:
+            resampled = [max(1, round(n * s / t)) for n, s, t in zip(sh, sp, spacing)]
+            found.append((case.case_id, f"{' and '.join(words)}; at the target spacing it is {fmt(resampled)} voxels"))
+    return found
 
 
 def median_shape(spacings: np.ndarray, shapes: np.ndarray, spacing: Sequence[float]) -> list[int]:

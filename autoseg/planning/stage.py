@@ -6,15 +6,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from autoseg.dataset import DatasetInfo, is_os_litter
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, fail
 from autoseg.fingerprint import Fingerprint, compute_fingerprint
 from autoseg.paths import DatasetPaths
-from autoseg.planning.planner import DEFAULT_VRAM_GB, check_request, detect_vram, plan_dataset
+from autoseg.planning.planner import (DEFAULT_VRAM_GB, OUTLIER_FACTOR, check_request, detect_vram, outlier_cases,
+                                      plan_dataset)
 from autoseg.planning.plans import Plans
 from autoseg.verify import verify_dataset
 
@@ -72,11 +73,14 @@ def resolve_vram(vram_gb: float | None) -> tuple[float, str]:
 
 
 def run_planning(paths: DatasetPaths, vram_gb: float | None = None, arch: str | None = None, base_features: int = 32,
-                 max_features: int = 320, workers: int = 2, spacing: Sequence[float] | None = None) -> Plans:
+                 max_features: int = 320, workers: int = 2, spacing: Sequence[float] | None = None,
+                 warn: Callable[[str], None] | None = None) -> Plans:
     """Verify the raw dataset, fingerprint it, plan for the VRAM and write ``plans.json`` (atomically).
 
     The check and the fingerprint are skipped when the raw files are those they last passed (so
     replanning for another ``--vram`` on a large dataset takes a second, not a re-read of every voxel).
+    ``warn`` gets one line per outlier case (spacing or shape far from the median): not an error, since
+    the plan follows the median, but such a case may not survive resampling (see :func:`outlier_cases`).
     """
     check_request(vram_gb, arch, base_features, max_features, spacing)
     if current_fingerprint(paths, raw_signature(paths.raw)) is None:  # unchanged files passed the check already
@@ -89,6 +93,14 @@ def run_planning(paths: DatasetPaths, vram_gb: float | None = None, arch: str | 
     note = ("Fingerprint reused and dataset check skipped: the raw files have not changed since they passed it."
             if reused
             else f"Fingerprint computed from {len(fp.sampled_cases)} sampled of {fp.num_training} case(s).")
+    outliers = outlier_cases(fp, plans.configurations["3d_fullres"].spacing)
+    if outliers:
+        note += (f" {len(outliers)} case(s) are more than {OUTLIER_FACTOR}x off the median spacing or shape on an "
+                 f"axis ({', '.join(cid for cid, _ in outliers)}); the plan follows the median.")
+    for cid, what in outliers:
+        if warn is not None:
+            warn(str(fail(paths.raw / "imagesTr" / f"{cid}_0000{info.file_ending}", what,
+                          "check the spacing (mm) and size in its header, or remove the case")))
     plans = replace(plans, explanation=[note, *plans.explanation])
     plans.save(paths.plans_json)
     return plans

@@ -13,6 +13,8 @@ from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail
 from autoseg.io import Geometry
 from autoseg.orientation import reorientation_for
+from autoseg.parallel import memory_limit
+from autoseg.planning.planner import fmt
 from autoseg.planning.plans import ConfigurationPlan
 from autoseg.preprocessing.cropping import crop, filled_nonzero_mask, nonzero_bbox, uncrop
 from autoseg.preprocessing.normalization import normalize_channel
@@ -65,6 +67,7 @@ def preprocess_case(images: list[np.ndarray], geometry: Geometry, config: Config
     new_spacing = configured_spacing(config, spacing)
     shape_crop = tuple(data.shape[1:])
     new_shape = target_shape(shape_crop, spacing, new_spacing)
+    check_fits_in_memory(new_shape, len(data), spacing, new_spacing)
     axis = separate_axis(spacing, new_spacing)
     if new_shape != shape_crop:
         data = resample_image(data, new_shape, axis)
@@ -79,6 +82,23 @@ def preprocess_case(images: list[np.ndarray], geometry: Geometry, config: Config
                            target_spacing=new_spacing, shape_after_resampling=new_shape,  # type: ignore[arg-type]
                            separate_axis=axis, intensity_stats=stats)
     return data, seg, props
+
+
+def check_fits_in_memory(shape: tuple[int, ...], channels: int, spacing: tuple[float, ...],
+                         new_spacing: tuple[float, ...]) -> None:
+    """Refuse, before allocating, a case that resampling would make larger than this machine's memory.
+
+    Such a case has a spacing far from the plan's (a header in cm, not mm; ``autoseg-plan`` warns about
+    it): at 100 mm resampled to 1 mm it grows a million-fold. Without this check the allocation fails (or
+    the kernel kills the process) with nothing that says which case or why. The estimate, the resampled
+    channels plus one channel's work array, is a lower bound of what resampling holds at once.
+    """
+    need = float(np.prod(shape)) * (channels + 1) * 4
+    limit = memory_limit()
+    if need > limit:
+        raise fail(None, f"resampling from spacing {fmt(spacing)} mm to the planned {fmt(new_spacing)} mm makes it "
+                   f"{fmt(shape)} voxels, {need / 2 ** 30:,.0f} GiB or more, beyond this machine's "
+                   f"{limit / 2 ** 30:.0f} GiB", "check the spacing in its header (mm), or remove the case")
 
 
 def _to_int8(label: np.ndarray) -> np.ndarray:

@@ -109,12 +109,20 @@ def process_one(files: CaseFiles, config: ConfigurationPlan, info: DatasetInfo, 
     return files.case_id
 
 
-def _process_args(args: tuple) -> tuple[str, str | None]:
-    """Worker entry: (case id, None) on success, (case id, one-line problem) for bad input."""
+def _process_args(task: tuple) -> tuple[str, str | None]:
+    """Worker entry: (case id, None) on success, (case id, one-line problem) for bad input or a case that
+    does not fit in memory (which must not stop the other cases, nor leave the case unnamed)."""
+    *args, workers = task
+    files: CaseFiles = args[0]
     try:
         return process_one(*args), None
     except AutosegError as e:
-        return args[0].case_id, str(e)
+        return files.case_id, str(e)
+    except MemoryError:
+        fewer = "run fewer workers at once (-np), or " if workers > 1 else ""
+        return files.case_id, str(fail(files.images[0].parent / files.case_id, "out of memory while preprocessing "
+                                       "this case", f"{fewer}free memory; if it is much larger than the other cases, "
+                                       "check its spacing and size (autoseg-plan warns about such outliers)"))
 
 
 def prepare_output(out_dir: Path) -> None:
@@ -133,7 +141,8 @@ def preprocess_dataset(paths: DatasetPaths, configuration: str = "3d_fullres", w
     """Preprocess this shard's training cases into ``preprocessed/<dataset>/<configuration>/``.
 
     Complete cases written with the same plan are skipped; returns the ids processed now. A case
-    with bad input does not stop the others: all such problems are raised together at the end.
+    with bad input, or too large for memory, does not stop the others: all such problems are raised
+    together at the end, one line per case.
     """
     plans = Plans.load(paths.plans_json)
     config = plans.configuration(configuration, paths.plans_json)
@@ -144,7 +153,7 @@ def preprocess_dataset(paths: DatasetPaths, configuration: str = "3d_fullres", w
     key = plan_key(config, info)
     mine = shard_items(list(cases), *shard)
     todo = [cid for cid in mine if not is_complete(out_dir, cid, key)]
-    tasks = [(cases[cid], config, info, out_dir, key) for cid in todo]
+    tasks = [(cases[cid], config, info, out_dir, key, workers) for cid in todo]
     bar = tqdm(total=len(tasks), desc=f"preprocess {configuration}", unit="case", file=sys.stderr,
                disable=not tasks)
     done: list[str] = []
