@@ -14,7 +14,7 @@ import torch
 from autoseg.checkpoint import save_checkpoint
 from autoseg.cli.predict import main as predict_main
 from autoseg.dataset import DatasetInfo
-from autoseg.inference.predictor import (Predictor, find_input_cases, output_label_map, predict_folder,
+from autoseg.inference.predictor import (Predictor, find_input_cases, output_label_map, predict_folder, read_input_case,
                                          segmentation_from_probabilities)
 from autoseg.io import read_header, read_image
 from autoseg.network import network_for_dataset
@@ -140,3 +140,39 @@ def test_compile_failure_falls_back_to_eager(trained_home: Path, monkeypatch, ca
     data = torch.randn(4, 16, 16, 16)
     torch.testing.assert_close(compiled.logits(data), eager.logits(data))
     assert not compiled.compile and "torch.compile unavailable" in capsys.readouterr().err
+
+
+def test_missing_channels_predict_from_the_rest_with_or_without_their_files(trained_home: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    raw = trained_home / "raw" / DS / "imagesTs"
+    absent = tmp_path / "absent"
+    absent.mkdir()
+    for f in raw.glob("case_006_*.nii.gz"):
+        if not f.name.endswith("_0003.nii.gz"):
+            shutil.copy(f, absent / f.name)                     # case_006 without its FLAIR file
+    args = ["--home", str(trained_home), "-f", "0", "--no-tta", "--device", "cpu", "--precision", "fp32"]
+    with pytest.raises(SystemExit) as e:
+        predict_main(["-i", str(absent), "-o", str(tmp_path / "refused"), *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "case_006_0003.nii.gz" in err and "--missing" in err
+    for src, out, names in ((absent, "a", ["flair"]), (raw, "b", ["3"])):   # a name in any case, or a number
+        with pytest.raises(SystemExit) as e:
+            predict_main(["-i", str(src), "-o", str(tmp_path / out), "--missing", *names, *args])
+        assert e.value.code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    # a present file is ignored: the same output as when it is absent, and not the full-input output
+    a, _ = read_image(tmp_path / "a" / "case_006.nii.gz")
+    b, _ = read_image(tmp_path / "b" / "case_006.nii.gz")
+    np.testing.assert_array_equal(a, b)
+    info = DatasetInfo.load(trained_home / "raw" / DS / "dataset.json")
+    predictor = _predictor(trained_home)
+    images, geometry = read_input_case(find_input_cases(raw, 4)[0])
+    full = predictor.predict(images, geometry)
+    predictor.missing_channels = (3,)
+    assert not np.allclose(full, predictor.predict(images, geometry))
+    for bad, says in ((["T1", "T1ce", "T2", "FLAIR"], "every channel"), (["ADC"], "no such channel")):
+        with pytest.raises(SystemExit) as e:
+            predict_main(["-i", str(raw), "-o", str(tmp_path / "c"), "--missing", *bad, *args])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and says in err
+    assert info.channel_names["3"] == "FLAIR"

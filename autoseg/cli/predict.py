@@ -9,7 +9,7 @@ import torch
 
 from autoseg.cli._common import THREADS, add_dataset, dataset_paths, fold_arg, number, parser, shard_arg
 from autoseg.errors import run_cli
-from autoseg.inference.predictor import CHECKPOINTS, PredictionReport, Predictor, predict_folder
+from autoseg.inference.predictor import CHECKPOINTS, PredictionReport, Predictor, channel_indices, predict_folder
 from autoseg.postprocessing import PostprocessingPlan
 from autoseg.precision import PRECISIONS
 
@@ -48,6 +48,9 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--uncertainty", action="store_true",
                    help="also write per-voxel entropy and ensemble-variance maps (folds x mirrorings) and a per-case "
                         "score to OUT/uncertainty/")
+    p.add_argument("--missing", nargs="+", default=(), metavar="CHANNEL",
+                   help="predict without these channels (names from dataset.json such as FLAIR, or numbers); their "
+                        "files may be absent. Best with a model trained with --modality-dropout")
     p.add_argument("--postprocess", default=None, metavar="FILE", help="postprocessing.json to apply")
     p.add_argument("--shard", type=shard_arg, default=(0, 1),
                    help="i/n: only every n-th case starting at i (0-based), for job arrays")
@@ -62,6 +65,7 @@ def _main(argv: Sequence[str] | None) -> int:
                                        step=args.step, batch_size=args.batch_size, compile=args.compile)
     if args.uncertainty and predictor.num_members == 1:
         print("autoseg-predict: one ensemble member (one fold, --no-tta): the variance maps will be 0", file=sys.stderr)
+    predictor.missing_channels = channel_indices(args.missing, predictor.info)
     report = predict_folder(predictor, args.input, args.output, args.save_probabilities, post, args.shard, args.png,
                             uncertainty=args.uncertainty)
     return print_report(report, args.output)

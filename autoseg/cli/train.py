@@ -37,12 +37,17 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--seed", type=number(int, "--seed 0", low=0, high=2 ** 32 - 1), default=_DEFAULTS.seed,
                    help="seed of weights and sampling (resume needs the same)")
     p.add_argument("--no-augmentation", action="store_true", help="train on plain patches (for debugging)")
+    p.add_argument("--modality-dropout", type=number(float, "--modality-dropout 0.3", low=0.0, high=1.0),
+                   default=_DEFAULTS.modality_dropout, metavar="P",
+                   help="share of training samples that lose a random subset (never all) of their channels, so the "
+                        "model can predict with a sequence missing (autoseg-predict --missing); default 0 (off)")
     p.add_argument("--no-validation", action="store_true", help="skip the sliding-window validation at the end")
     args = p.parse_args(argv)
     options = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
                            lr=args.lr, device=args.device, precision=args.precision, workers=args.workers,
                            seed=args.seed, pretrained=args.pretrained, resume=args.resume,
-                           augment=not args.no_augmentation, validate=not args.no_validation)
+                           augment=not args.no_augmentation, validate=not args.no_validation,
+                           modality_dropout=args.modality_dropout)
     fold_dir = train_fold(dataset_paths(args), args.configuration, args.fold, options)
     print(f"autoseg-train: done; checkpoints, log.txt and progress.png in {fold_dir}")
     return 0

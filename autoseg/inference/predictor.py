@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,23 +77,51 @@ def find_input_cases(folder: str | Path, num_channels: int, file_ending: str = "
     return [cases[k] for k in sorted(cases)]
 
 
-def read_input_case(case: InputCase) -> tuple[list[np.ndarray], Geometry]:
-    """Read every channel; a missing, unreadable or mismatched channel is an AutosegError naming its file."""
+def read_input_case(case: InputCase, missing: Sequence[int] = ()) -> tuple[list[np.ndarray], Geometry]:
+    """Read every channel; a missing, unreadable or mismatched channel is an AutosegError naming its file.
+
+    Channels in ``missing`` are not read (their files may be absent): they come back as zeros, which
+    :class:`Predictor` keeps at zero after normalisation."""
     check_case_id(case.case_id, case.channels[0])   # the id names the output file: no '..' or separators
-    images, geometry = [], None
-    for path in case.channels:
+    if len(missing) >= len(case.channels):
+        raise fail(case.channels[0], "every channel is marked missing", "--missing may name all channels but one")
+    images: list[np.ndarray | None] = []
+    geometry = None
+    for c, path in enumerate(case.channels):
+        if c in missing:
+            images.append(None)
+            continue
         if not path.is_file():
-            raise fail(path, "channel file missing", "add it or remove the case from the input folder")
+            raise fail(path, "channel file missing",
+                       "add it, remove the case from the input folder, or predict without it: --missing CHANNEL")
         image, geom = read_image(path, np.float32)
         if geometry is None:
             geometry = geom
         elif (problem := geometry.mismatch(geom)) is not None:
             raise fail(path, f"{problem} of the first channel", "all channels of a case must share one image grid")
         if not image.any():   # e.g. a missing MRI sequence filled with zeros: the networks would silently guess
-            raise fail(path, "image is all zero", "re-export it; every channel the model was trained with is needed")
+            raise fail(path, "image is all zero",
+                       "re-export it, or predict without this channel: --missing CHANNEL")
         images.append(image)
     assert geometry is not None
-    return images, geometry
+    return [np.zeros(geometry.shape_zyx, np.float32) if im is None else im for im in images], geometry
+
+
+def channel_indices(names: Sequence[str], info: DatasetInfo, where: str | Path | None = None) -> tuple[int, ...]:
+    """Channel numbers for names from dataset.json's channel_names (any case) or numbers (``0``, ``3``)."""
+    by_name = {str(v).lower(): int(k) for k, v in info.channel_names.items()}
+    out = []
+    for name in names:
+        if name.isdigit() and int(name) < info.num_channels:
+            out.append(int(name))
+        elif name.lower() in by_name:
+            out.append(by_name[name.lower()])
+        else:
+            raise fail(where, f"--missing {name}: no such channel",
+                       f"use one of {', '.join(str(v) for v in info.channel_names.values())} or 0..{info.num_channels - 1}")
+    if len(set(out)) >= info.num_channels:
+        raise fail(where, "--missing names every channel", "at least one channel must be given to predict from")
+    return tuple(sorted(set(out)))
 
 
 def output_label_map(info: DatasetInfo, convention: str | None) -> dict[int, int]:
@@ -133,6 +162,7 @@ class Predictor:
     batch_size: int = 1
     compute_dtype: torch.dtype | None = None
     compile: bool = False
+    missing_channels: tuple[int, ...] = ()   # zero after normalisation: predict without these sequences
     _compiled: dict[int, nn.Module] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -235,9 +265,16 @@ class Predictor:
             self.compile = False
             return run(self.networks[i])
 
+    def preprocess(self, images: list[np.ndarray], geometry: Geometry) -> tuple[np.ndarray, Any]:
+        """The case as the networks see it: preprocessed, with ``missing_channels`` set to 0 (their mean)."""
+        data, _, props = preprocess_case(images, geometry, self.config, self.info)
+        for c in self.missing_channels:
+            data[c] = 0
+        return data, props
+
     def predict(self, images: list[np.ndarray], geometry: Geometry, progress: bool = False) -> np.ndarray:
         """Probabilities (num_outputs, *original zyx) float32 for raw channels in their own grid."""
-        data, _, props = preprocess_case(images, geometry, self.config, self.info)
+        data, props = self.preprocess(images, geometry)
         probs = self.probabilities_preprocessed(torch.from_numpy(data), progress)
         background = None if self.info.region_based else 0
         return restore_probabilities(probs, props, background)
@@ -250,7 +287,7 @@ class Predictor:
                               ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict`'s probabilities (up to float rounding) and the members' probability variance,
         averaged over the outputs, (z, y, x) float32, both in the input's grid (0 outside the crop)."""
-        data, _, props = preprocess_case(images, geometry, self.config, self.info)
+        data, props = self.preprocess(images, geometry)
         members = RunningVariance()
         logits = self.logits(torch.from_numpy(data), progress, members)
         probs = logits_to_probabilities(logits, self.info.region_based).float().cpu().numpy()
@@ -300,13 +337,13 @@ def _is_done(case: InputCase, out_dir: Path, with_probabilities: bool) -> bool:
     return os.path.isfile(seg) and (os.path.isfile(npz) or not with_probabilities)
 
 
-def _prefetch(cases: list[InputCase]) -> Iterator[tuple[InputCase, Future]]:
+def _prefetch(cases: list[InputCase], missing: Sequence[int] = ()) -> Iterator[tuple[InputCase, Future]]:
     """Read the next case in a background thread while the current one is predicted."""
     with ThreadPoolExecutor(1) as pool:
-        futures = [pool.submit(read_input_case, cases[0])] if cases else []
+        futures = [pool.submit(read_input_case, cases[0], missing)] if cases else []
         for i, case in enumerate(cases):
             if i + 1 < len(cases):
-                futures.append(pool.submit(read_input_case, cases[i + 1]))
+                futures.append(pool.submit(read_input_case, cases[i + 1], missing))
             yield case, futures[i]
 
 
@@ -334,7 +371,7 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
     bar = tqdm(total=len(todo), desc="predict", unit="case", disable=not progress)
     with ThreadPoolExecutor(1) as writer:
         pending: list[Future] = []
-        for case, loaded in _prefetch(todo):
+        for case, loaded in _prefetch(todo, predictor.missing_channels):
             try:
                 images, geometry = loaded.result()
                 if uncertainty:
