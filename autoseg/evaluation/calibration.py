@@ -274,7 +274,7 @@ def save_reliability_png(curves: Mapping[str, Reliability], path: str | os.PathL
     top.set_ylabel("fraction inside the reference")
     bins = len(next(iter(curves.values())).count) if curves else ECE_BINS
     top.set_title(f"Reliability ({bins} equal-width bins)", fontsize=11)
-    top.legend(fontsize=8, loc="upper left")
+    top.legend(fontsize=8, loc="best")
     bottom.set_yscale("log")
     bottom.set_xlabel("predicted probability")
     bottom.set_ylabel("voxels")
