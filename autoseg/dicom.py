@@ -29,7 +29,7 @@ import SimpleITK as sitk
 
 from autoseg.dataset import is_os_litter
 from autoseg.errors import AutosegError, ProblemList, fail
-from autoseg.io import Geometry, read_header, read_image, read_json, write_json_atomic
+from autoseg.io import Geometry, keeps_locale, read_header, read_image, read_json, write_json_atomic
 from autoseg.parallel import thread_map
 from autoseg.paths import DatasetPaths
 from autoseg.raw_writer import (ENDING, CaseVolumes, check_case_ids, check_same_channels,
@@ -228,6 +228,7 @@ def _order_slices(folder: Path, headers: list[tuple[Path, sitk.ImageFileReader]]
     return DicomSeries(folder, files, _tag(first, "0008|0060") or "image", geometry)
 
 
+@keeps_locale
 def read_series(series: DicomSeries) -> tuple[np.ndarray, Geometry]:
     """The series' voxels in HU (rescale applied) as (z, y, x), int16 when they fit, and its geometry."""
     reader = sitk.ImageSeriesReader()
@@ -317,6 +318,7 @@ def _labels(existing: Mapping[str, Any] | None, values: set[int]) -> dict[str, A
     return labels
 
 
+@keeps_locale
 def convert_dicom(src: Path, root: Path, dataset_id: int, name: str, labels: Path | None = None,
                   workers: int = 2) -> DatasetPaths:
     """Convert DICOM series (case folders under ``src``, or the mapping file ``src``) into ``root/raw/DatasetNNN_name``.

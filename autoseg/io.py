@@ -12,10 +12,11 @@ import dataclasses
 import functools
 import errno
 import json
+import locale
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,3 +301,16 @@ def _short_itk(e: Exception) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     msg = next((ln for ln in reversed(lines) if "Exception" not in ln[:20]), lines[-1] if lines else "unknown error")
     return msg.split(": ", 1)[-1][:160]
+
+
+def keeps_locale(fn: Callable) -> Callable:
+    """Restore the process locale after ``fn``: ITK's DICOM code (GDCM) sets it to "C", after which
+    Python's default text encoding is ASCII for everything the process reads or writes later."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        saved = locale.setlocale(locale.LC_ALL)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            locale.setlocale(locale.LC_ALL, saved)
+    return wrapper

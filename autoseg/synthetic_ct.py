@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from autoseg.io import atomic_path
+from autoseg.io import atomic_path, keeps_locale
 
 AIR, SKIN, CSF_RANGE, BRAIN_RANGE, LESION_RANGE, BONE_RANGE = -1000.0, 40.0, (5, 10), (30, 40), (15, 20), (1000, 1500)
 HU_OFFSET = 1024      # 16-bit PNGs store HU + 1024, so that air (-1000) is a positive value
@@ -134,6 +134,7 @@ def write_png_patients(out_dir: str | Path, n: int = 3, shape: tuple[int, int, i
     return folders
 
 
+@keeps_locale
 def write_dicom_series(folder: str | Path, hu: np.ndarray, spacing_zyx: Sequence[float] = (5.0, 0.5, 0.5),
                        origin: Sequence[float] = (0.0, 0.0, 0.0),
                        direction: Sequence[float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),

@@ -196,3 +196,13 @@ def test_cli_converts_dicom_and_reports_bad_input(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"{src / 'case_a'}: no DICOM image series in this folder" in err
     assert "Traceback" not in err
+
+
+def test_dicom_work_leaves_the_process_locale_and_text_encoding_alone(tmp_path: Path) -> None:
+    """ITK's DICOM code sets the C locale; unrestored, every later text file read in the process was ASCII."""
+    import locale
+
+    before = (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False))
+    write_dicom_series(tmp_path / "src" / "case_a", make_head_ct(seed=0, shape=(6, 32, 32)).hu)
+    convert_dicom(tmp_path / "src", tmp_path / "home", 7, "Ct")
+    assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before
