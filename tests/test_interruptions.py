@@ -1,10 +1,13 @@
-"""Reliability (issue 8): kill -9 in the middle of preprocessing, prediction and training, then rerun.
+"""Reliability (issues 8 and 16): kill -9, Ctrl-C and SIGTERM in the middle of preprocessing, prediction,
+ensembling and training, then rerun.
 
-Each command runs as a real subprocess on a small synthetic dataset and is killed with SIGKILL once it has
-started writing (its first finished file is polled for). The rerun must give what an uninterrupted run gives
+Each command runs as a real subprocess on a small synthetic dataset and is stopped once it has started
+writing (its first finished file is polled for). The rerun must give what an uninterrupted run gives
 (preprocessing and prediction: identical files; training via --resume: the same weights within tolerance),
 and no half-written or temporary file may ever be read as a finished one: temporaries of a killed writer are
-planted on purpose before the rerun to make sure of it.
+planted on purpose before the rerun to make sure of it. SIGTERM (what SLURM sends to every process of a job,
+and Kubernetes to the main one) must behave like Ctrl-C: one line, exit 143, no worker left running and no
+leaked semaphore, and a training epoch that had finished is on disk.
 """
 
 from __future__ import annotations
@@ -202,3 +205,185 @@ def test_ctrl_c_during_parallel_preprocessing_is_one_line_and_rerun_finishes(pla
                                                  "where it stopped")
     finished(command("autoseg-preprocess", "--home", home, "-np", "1"))
     assert len(list(out.glob("case_*.json"))) == 4 and not temporaries(out)
+
+
+# ---------------------------------------------------------------- SIGTERM: as Ctrl-C, exit 143
+
+def live_group_members(pgid: int) -> list[str]:
+    """Processes of process group ``pgid`` that are still running (zombies, which a container without an init
+    process may never reap, have exited and do not count)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(stat.parent.name)
+    return members
+
+
+def terminate_when(cmd: list[str], ready, whole_group: bool, timeout: float = 240) -> tuple[int, str]:
+    """Start ``cmd``, send SIGTERM as soon as ``ready()`` holds (to its whole process group as SLURM does, or to
+    the command alone as Kubernetes does); return its exit code and stderr once every process of it is gone."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if proc.poll() is None:
+        (os.killpg if whole_group else os.kill)(proc.pid, signal.SIGTERM)
+    err = proc.communicate(timeout=timeout)[1]    # (stderr closes when the last process holding it is gone)
+    deadline = time.monotonic() + 10
+    while live_group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not live_group_members(proc.pid), f"processes left running: {live_group_members(proc.pid)}"
+    return proc.returncode, err
+
+
+def expect_terminated(code: int, err: str, prog: str, hint: str = "rerun the same command to continue where it "
+                                                                     "stopped") -> None:
+    """Exit 143 with the one line, or exit 0 when the command had finished before the signal came."""
+    assert "Traceback" not in err and "leaked" not in err and "Error" not in err, err[-2000:]
+    if code != 0:
+        assert code == 143, err[-2000:]
+        assert err.rstrip().splitlines()[-1] == f"{prog}: terminated (SIGTERM); {hint}", err[-2000:]
+
+
+@pytest.fixture(scope="module")
+def preprocessed_ref(planned: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted preprocessing of ``planned``."""
+    ref = tmp_path_factory.mktemp("pre") / "home"
+    shutil.copytree(planned, ref)
+    in_process(preprocess_main, "--home", ref, "-np", "1")
+    return ref
+
+
+@pytest.mark.parametrize("whole_group", [True, False], ids=["group (SLURM)", "main process (Kubernetes)"])
+def test_sigterm_during_parallel_preprocessing_is_one_line_and_rerun_equals_an_uninterrupted_run(
+        planned: Path, preprocessed_ref: Path, tmp_path: Path, whole_group: bool) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(planned, home)
+    out = DatasetPaths(home, DS).config_dir("3d_fullres")
+    code, err = terminate_when(command("autoseg-preprocess", "--home", home, "-np", "2"),
+                               lambda: out.is_dir() and any(out.glob("case_*.json")), whole_group)
+    expect_terminated(code, err, "autoseg-preprocess")
+    finished(command("autoseg-preprocess", "--home", home, "-np", "2"))
+    assert not temporaries(out)
+    mine = {Path(k).relative_to(home): v for k, v in snapshot(DatasetPaths(home, DS).preprocessed).items()}
+    theirs = {Path(k).relative_to(preprocessed_ref): v
+              for k, v in snapshot(DatasetPaths(preprocessed_ref, DS).preprocessed).items()}
+    assert mine == theirs
+
+
+def test_sigterm_during_prediction_and_ensembling_then_rerun_equals_an_uninterrupted_run(
+        predicted: tuple[Path, Path], tmp_path: Path) -> None:
+    home, ref = predicted
+    out = tmp_path / "out"
+    cmd = command("autoseg-predict", "-i", home / "raw" / DS / "imagesTs", "-o", out, "--home", home, *PREDICT_ARGS,
+                  "--save-probabilities")
+    code, err = terminate_when(cmd, lambda: out.is_dir() and any(out.glob("case_*.nii.gz")), whole_group=False)
+    expect_terminated(code, err, "autoseg-predict")
+    finished(cmd)
+    for p in ref.iterdir():
+        assert (out / p.name).read_bytes() == p.read_bytes(), p.name
+    ens, ens_ref = tmp_path / "ens", tmp_path / "ens_ref"
+    finished(command("autoseg-ensemble", "-i", out, ref, "-o", ens_ref))
+    cmd = command("autoseg-ensemble", "-i", out, ref, "-o", ens)
+    code, err = terminate_when(cmd, lambda: ens.is_dir() and any(ens.glob("case_*.nii.gz")), whole_group=True)
+    expect_terminated(code, err, "autoseg-ensemble")
+    finished(cmd)
+    assert sorted(p.name for p in ens.iterdir()) == sorted(p.name for p in ens_ref.iterdir())
+    for p in ens_ref.iterdir():
+        assert (ens / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+RESUME_HINT = "rerun the same command with --resume to continue from the last finished epoch"
+
+
+@pytest.fixture(scope="module")
+def trained_ref(planned: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A preprocessed data root, and a copy of it with fold 0 trained without interruption (``TRAIN``)."""
+    root = tmp_path_factory.mktemp("train")
+    home, ref = root / "home", root / "ref"
+    shutil.copytree(planned, home)
+    in_process(preprocess_main, "--home", home, "-np", "1")
+    shutil.copytree(home, ref)
+    in_process(train_main, "3d_fullres", "fold0", "--home", ref, *TRAIN)
+    return home, ref
+
+
+def test_sigterm_during_training_then_resume_matches_an_uninterrupted_run(trained_ref: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    """SIGTERM to the trainer and its data-loader workers during epoch 1: exit 143 with the --resume hint, no
+    worker left, checkpoint_latest.pt of epoch 0 intact; --resume ends with the uninterrupted run's weights."""
+    home = tmp_path / "home"
+    shutil.copytree(trained_ref[0], home)
+    fold = DatasetPaths(home, DS).fold_dir("3d_fullres", 0)
+    train = [*TRAIN[:TRAIN.index("--workers")], "--workers", "1", *TRAIN[TRAIN.index("--workers") + 2:]]
+    code, err = terminate_when(command("autoseg-train", "3d_fullres", "fold0", "--home", home, *train),
+                               (fold / "checkpoint_latest.pt").is_file, whole_group=True)
+    assert code == 143, err[-2000:]
+    expect_terminated(code, err, "autoseg-train", RESUME_HINT)
+    assert torch.load(fold / "checkpoint_latest.pt", weights_only=True)["epoch"] >= 1
+    in_process(train_main, "3d_fullres", "fold0", "--home", home, *train, "--resume")
+    a = torch.load(fold / "checkpoint_final.pt", weights_only=True)
+    b = torch.load(DatasetPaths(trained_ref[1], DS).fold_dir("3d_fullres", 0) / "checkpoint_final.pt",
+                   weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for k, v in b["network_state"].items():
+        torch.testing.assert_close(a["network_state"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+SIGTERM_WHILE_SAVING = """
+import os, signal, sys, time
+import autoseg.training.trainer as trainer
+from autoseg.cli import autoseg_train
+real = trainer.save_checkpoint
+def save(path, payload):
+    if payload["epoch"] == 2 and path.name == "checkpoint_latest.pt":   # epoch 1 has just finished
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)            # the signal has arrived; the save must still complete
+    real(path, payload)
+trainer.save_checkpoint = save
+autoseg_train(sys.argv[1:])
+"""
+
+
+def test_sigterm_while_a_finished_epoch_is_saved_waits_for_its_checkpoint(trained_ref: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    """A finished epoch is never lost: SIGTERM during its checkpoint's writing takes effect once the checkpoint
+    is on disk (it used to end the process with the previous epoch's checkpoint)."""
+    home = tmp_path / "home"
+    shutil.copytree(trained_ref[0], home)
+    fold = DatasetPaths(home, DS).fold_dir("3d_fullres", 0)
+    r = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_SAVING, "3d_fullres", "fold0", "--home", str(home),
+                        *TRAIN], capture_output=True, text=True, timeout=240)
+    expect_terminated(r.returncode, r.stderr, "autoseg-train", RESUME_HINT)
+    assert r.returncode == 143
+    assert torch.load(fold / "checkpoint_latest.pt", weights_only=True)["epoch"] == 2
+    assert "epoch 1:" in (fold / "log.txt").read_text() and not (fold / "checkpoint_final.pt").exists()
+    assert not temporaries(fold)
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGTERM (Linux: the SigCgt mask in /proc/PID/status)."""
+    try:
+        caught = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def test_sigterm_while_a_command_starts_is_one_line(tmp_path: Path) -> None:
+    """SIGTERM during the second of imports before a command runs: one line, exit 143, no traceback. The launcher
+    installs the handler first thing; the signal is sent as soon as /proc shows it installed."""
+    proc = subprocess.Popen(command("autoseg-train", "3d_fullres", "fold0", "--home", tmp_path), text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not catches_sigterm(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] in ("autoseg-train: terminated (SIGTERM) while starting; nothing was written",
+                                            f"autoseg-train: terminated (SIGTERM); {RESUME_HINT}"), err

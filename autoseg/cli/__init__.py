@@ -11,12 +11,18 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from autoseg.errors import Terminated, stop_on_sigterm
+
 
 def _launcher(command: str) -> Callable[[Sequence[str] | None], None]:
     def launch(argv: Sequence[str] | None = None) -> None:
         prog = f"autoseg-{command}"
+        stop_on_sigterm()   # before the slow imports, so that SIGTERM then is one line too
         try:
             module = importlib.import_module(f"autoseg.cli.{command}")
+        except Terminated:
+            print(f"{prog}: terminated (SIGTERM) while starting; nothing was written", file=sys.stderr)
+            sys.exit(Terminated.exit_code)
         except KeyboardInterrupt:
             print(f"{prog}: interrupted while starting; nothing was written", file=sys.stderr)
             sys.exit(130)

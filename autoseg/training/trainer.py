@@ -25,7 +25,7 @@ from autoseg.data.augmentation import AugmentationParams, initial_patch_size
 from autoseg.data.loader import Batch, BatchKey, BatchMaker, BatchStream
 from autoseg.data.splits import Split, fold_cases, load_or_create_splits, parse_fold
 from autoseg.dataset import DatasetInfo
-from autoseg.errors import fail
+from autoseg.errors import fail, interrupts_deferred
 from autoseg.paths import DatasetPaths
 from autoseg.planning.plans import ConfigurationPlan, Plans
 from autoseg.precision import compute_dtype_for, dtype_name
@@ -308,18 +308,23 @@ def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
             set_lr(optimizer, lr)
             train_loss, val_loss, dice = run_epoch(epoch, model, loss_fn, optimizer, scaler, stream, options, device,
                                                    data.info.region_based, dtype, len(log.region_names), show)
-            best = log.add(train_loss, val_loss, dice, lr, time.perf_counter() - start)
+            # Ctrl-C or SIGTERM stop an epoch in progress at once (its checkpoint would not resume exactly; the
+            # previous epoch's is on disk), but wait for a finished epoch's log line and checkpoints (seconds)
+            with interrupts_deferred():
+                best = log.add(train_loss, val_loss, dice, lr, time.perf_counter() - start)
+                if dist.is_main:
+                    write(log.line(epoch))
+                    payload = training_payload(network, optimizer, scaler, data.plan, data.info, log, options, fold,
+                                               data.dataset)
+                    save_checkpoint(fold_dir / "checkpoint_latest.pt", payload)
+                    if best:
+                        save_checkpoint(fold_dir / "checkpoint_best.pt", payload)
+                        write(f"new best EMA pseudo-Dice {log.best_ema:.4f}")
             if dist.is_main:
-                write(log.line(epoch))
-                payload = training_payload(network, optimizer, scaler, data.plan, data.info, log, options, fold,
-                                           data.dataset)
-                save_checkpoint(fold_dir / "checkpoint_latest.pt", payload)
-                if best:
-                    save_checkpoint(fold_dir / "checkpoint_best.pt", payload)
-                    write(f"new best EMA pseudo-Dice {log.best_ema:.4f}")
                 plot_progress(log, fold_dir / "progress.png")
     if dist.is_main:
-        save_checkpoint(fold_dir / "checkpoint_final.pt",
-                        training_payload(network, optimizer, scaler, data.plan, data.info, log, options, fold,
-                                         data.dataset))
-        write(f"finished {log.epochs_done} epochs; wrote checkpoint_final.pt")
+        with interrupts_deferred():
+            save_checkpoint(fold_dir / "checkpoint_final.pt",
+                            training_payload(network, optimizer, scaler, data.plan, data.info, log, options, fold,
+                                             data.dataset))
+            write(f"finished {log.epochs_done} epochs; wrote checkpoint_final.pt")
