@@ -15,8 +15,9 @@ commands share these rules:
   dataset by number (`1`), name (`BraTS`) or folder (`Dataset001_BraTS`) and may be left out when the
   data root holds exactly one dataset.
 - Long work shows a progress bar (on stderr); results go to stdout.
-- A problem with the input stops the command with **one line** on stderr naming the file and the fix,
-  and exit code 2; an interrupted command (Ctrl-C) exits with 130 and can be rerun to continue.
+- A problem with the input, or an option out of range, stops the command with **one line** on stderr
+  naming the file (or option) and the fix, and exit code 2; an interrupted command exits with 130 (Ctrl-C)
+  or 143 (SIGTERM, as sent by `kill`, SLURM or Kubernetes) and can be rerun to continue.
   `AUTOSEG_DEBUG=1` shows the traceback of an unexpected error.
 - Reruns skip finished work: every file is written under a temporary name and renamed when complete.
 
