@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import os
 from pathlib import Path
 
@@ -10,6 +11,15 @@ import pytest
 from autoseg.synthetic import write_raw_dataset
 
 BRATS_DIR = Path(os.environ.get("AUTOSEG_BRATS_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats"))
+
+
+@pytest.fixture(autouse=True)
+def _process_locale_is_restored():
+    """Tests that call SimpleITK's DICOM code directly leave the C locale behind (ITK/GDCM set it), after
+    which Python decodes text as ASCII in every later test; the product restores it (io.keeps_locale)."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 @pytest.fixture(scope="session")
