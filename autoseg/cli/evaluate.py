@@ -73,7 +73,7 @@ def _main(argv: Sequence[str] | None) -> int:
                    "(BraTS 2023 GLI/SSA/PED/MEN: 50, the default; MET: 2)")
     p.add_argument("--calibration", action="store_true",
                    help="also the expected calibration error and a reliability diagram per label/region, from the "
-                        "PRED/CASE.npz of autoseg-predict --save-probabilities")
+                        "probability files PRED/CASE.npz that autoseg-predict writes when asked to save probabilities")
     p.add_argument("--uncertainty", action="store_true",
                    help="also how the per-case score of autoseg-predict --uncertainty ranks the cases (Spearman "
                         "with Dice per label/region)")
