@@ -31,7 +31,7 @@ def region_patterns(regions: Sequence[Sequence[int]], label_values: Sequence[int
     share one pattern, so K <= number of labels.
     """
     patterns = [tuple(False for _ in regions)]
-    for value in [0, *label_values]:
+    for value in label_values:
         p = tuple(value in r for r in regions)
         if p not in patterns:
             patterns.append(p)
