@@ -8,6 +8,7 @@ stages, 32..256 features), one epoch of 250 iterations on fold ``all``, CPU, fp3
 
     python benchmarks/real_data.py dataset --work W          # raw dataset + BHQ_1 test input/reference
     python benchmarks/real_data.py autoseg --work W --run 0  # plan, preprocess (once), train, predict, score
+    python benchmarks/real_data.py autoseg --work W --run 0 --dice linear   # with nnU-Net's 1 - Dice
     python benchmarks/real_data.py nnunet --work W --run 0   # the same with benchmarks/.venv-nnunet
     python benchmarks/real_data.py table --work W            # markdown table of all finished runs
 
@@ -133,9 +134,15 @@ def _autoseg_bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def run_autoseg(work: Path, run: int) -> dict:
+def autoseg_tool(dice: str) -> str:
+    """Result name of an autoseg run: ``autoseg`` (its default -log Dice) or ``autoseg-linear`` (nnU-Net's 1 - Dice)."""
+    return "autoseg" if dice == "log" else f"autoseg-{dice}"
+
+
+def run_autoseg(work: Path, run: int, dice: str = "log") -> dict:
     home = work / "autoseg_home"
-    log = work / "logs" / f"autoseg_run{run}.log"
+    tool = autoseg_tool(dice)
+    log = work / "logs" / f"{tool}_run{run}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     raw_link = home / "raw" / DATASET
     if not raw_link.exists():
@@ -151,13 +158,13 @@ def run_autoseg(work: Path, run: int) -> dict:
     shutil.rmtree(fold_dir, ignore_errors=True)
     train_s = _run([_autoseg_bin("autoseg-train"), "3d_fullres", "all", *h, "--epochs", 1, "--iters-per-epoch",
                     ITERATIONS, "--val-iters", 50, "--precision", "fp32", "--device", "cpu", "--seed", run,
-                    "--no-validation"], log)
-    pred = work / "pred" / f"autoseg_run{run}"
+                    "--dice", dice, "--no-validation"], log)
+    pred = work / "pred" / f"{tool}_run{run}"
     shutil.rmtree(pred, ignore_errors=True)
     pred_s = _run([_autoseg_bin("autoseg-predict"), "-i", work / "raw" / DATASET / "imagesTs", "-o", pred, *h,
                    "-c", "3d_fullres", "-f", "all", "--no-tta", "--precision", "fp32", "--device", "cpu"], log)
-    shutil.copyfile(fold_dir / "log.txt", work / "logs" / f"autoseg_run{run}_train_log.txt")
-    return {"tool": "autoseg", "run": run, "train_s": train_s, "predict_s": pred_s, "scores": _score(pred, work)}
+    shutil.copyfile(fold_dir / "log.txt", work / "logs" / f"{tool}_run{run}_train_log.txt")
+    return {"tool": tool, "run": run, "train_s": train_s, "predict_s": pred_s, "scores": _score(pred, work)}
 
 
 def _set_autoseg_plan(plans: Path) -> None:
@@ -235,14 +242,15 @@ def main() -> None:
     p.add_argument("what", choices=("dataset", "autoseg", "nnunet", "table"))
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--run", type=int, default=0)
+    p.add_argument("--dice", choices=("log", "linear"), default="log", help="autoseg's Dice term (autoseg-train --dice)")
     a = p.parse_args()
     if a.what == "dataset":
         make_dataset(a.work)
     elif a.what == "table":
         print(table(a.work))
     else:
-        result = (run_autoseg if a.what == "autoseg" else run_nnunet)(a.work, a.run)
-        out = a.work / "results" / f"{a.what}_run{a.run}.json"
+        result = run_autoseg(a.work, a.run, a.dice) if a.what == "autoseg" else run_nnunet(a.work, a.run)
+        out = a.work / "results" / f"{result['tool']}_run{a.run}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
         print(json.dumps(result))

@@ -59,6 +59,26 @@ def test_region_loss_is_bce_plus_dice_and_label_loss_is_ce_plus_dice_without_bac
     assert DiceCELoss(False)(logits, labels) == pytest.approx(float(want), rel=1e-5)
 
 
+def test_log_dice_keeps_a_dead_heads_gradient_and_leaves_absent_regions_linear():
+    target = torch.zeros(2, 1, 8, 8, 8)
+    target[0, 0, 2:4, 2:4, 2:4] = 1                    # present in sample 0, absent from sample 1
+    logits = torch.full((2, 1, 8, 8, 8), -8.0, requires_grad=True)   # a dead head: p ~ 3e-4 everywhere
+    grads = {}
+    for form in ("linear", "log"):
+        logits.grad = None
+        soft_dice_loss(torch.sigmoid(logits), target, False, form=form).backward()
+        grads[form] = logits.grad.clone()
+    pull = {form: -float(g[0, 0, 2:4, 2:4, 2:4].sum()) for form, g in grads.items()}
+    assert pull["linear"] < 1e-3            # 1 - Dice: the pull on the region's logits has vanished
+    assert pull["log"] > 0.3                # -log Dice: of order one, however dead the head
+    assert torch.equal(grads["log"][1], grads["linear"][1])   # the absent region keeps nnU-Net's term
+    p = torch.sigmoid(torch.randn(2, 1, 8, 8, 8))
+    d = 1 - float(soft_dice_loss(p[:1], target[:1], False))
+    assert float(soft_dice_loss(p[:1], target[:1], False, form="log")) == pytest.approx(-math.log(d), rel=1e-5)
+    with pytest.raises(ValueError):
+        DiceBCELoss(False, dice="square")
+
+
 def test_downsampled_region_targets_keep_a_single_voxel_region():
     t = torch.zeros(1, 1, 8, 8, 8, dtype=torch.uint8)
     t[0, 0, 5, 5, 5] = 1
@@ -165,6 +185,8 @@ def test_existing_run_needs_resume_finished_run_is_skipped_and_can_be_extended(p
         train_fold(paths, "3d_fullres", 0, TrainOptions(epochs=2, **FAST))
     with pytest.raises(AutosegError, match="--seed 0"):
         train_fold(paths, "3d_fullres", 0, TrainOptions(epochs=2, resume=True, seed=1, **FAST))
+    with pytest.raises(AutosegError, match="--dice log"):
+        train_fold(paths, "3d_fullres", 0, TrainOptions(epochs=2, resume=True, dice="linear", **FAST))
     train_fold(paths, "3d_fullres", 0, TrainOptions(epochs=2, resume=True, **FAST))
     assert _weights(fold_dir)["epoch"] == 2
 

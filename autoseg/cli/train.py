@@ -36,6 +36,9 @@ def _main(argv: Sequence[str] | None) -> int:
                    help="data augmentation processes (0 = in process)")
     p.add_argument("--seed", type=number(int, "--seed 0", low=0, high=2 ** 32 - 1), default=_DEFAULTS.seed,
                    help="seed of weights and sampling (resume needs the same)")
+    p.add_argument("--dice", default=_DEFAULTS.dice, choices=["log", "linear"],
+                   help="Dice term where a region is present: log = -log(Dice), which keeps a dying region's head "
+                        "learning (default); linear = 1 - Dice, nnU-Net's")
     p.add_argument("--no-augmentation", action="store_true", help="train on plain patches (for debugging)")
     p.add_argument("--modality-dropout", type=number(float, "--modality-dropout 0.3", low=0.0, high=1.0),
                    default=_DEFAULTS.modality_dropout, metavar="P",
@@ -47,7 +50,7 @@ def _main(argv: Sequence[str] | None) -> int:
                            lr=args.lr, device=args.device, precision=args.precision, workers=args.workers,
                            seed=args.seed, pretrained=args.pretrained, resume=args.resume,
                            augment=not args.no_augmentation, validate=not args.no_validation,
-                           modality_dropout=args.modality_dropout)
+                           modality_dropout=args.modality_dropout, dice=args.dice)
     fold_dir = train_fold(dataset_paths(args), args.configuration, args.fold, options)
     print(f"autoseg-train: done; checkpoints, log.txt and progress.png in {fold_dir}")
     return 0

@@ -20,6 +20,7 @@ class TrainOptions:
     weight_decay: float = 3e-5
     poly_exponent: float = 0.9
     grad_clip: float = 12.0
+    dice: str = "log"               # -log(Dice) where a region is present (autoseg), or "linear": 1 - Dice (nnU-Net)
     oversample: float | None = None
     device: str = "auto"
     workers: int = 2

@@ -52,6 +52,10 @@ def restore_training(ckpt: dict[str, Any], network: nn.Module, optimizer: torch.
     if seed != options.seed:
         raise fail(where, f"was trained with --seed {seed}, not {options.seed}",
                    f"resume with --seed {seed}, or delete the fold folder to start over")
+    dice = ckpt.get("options", {}).get("dice", "linear")   # checkpoints before the option trained 1 - Dice
+    if dice != options.dice:
+        raise fail(where, f"was trained with --dice {dice}, not {options.dice}",
+                   f"resume with --dice {dice}, or delete the fold folder to start over")
     network.load_state_dict(ckpt["network_state"])
     optimizer.load_state_dict(ckpt["optimizer_state"])
     if ckpt["grad_scaler_state"]:  # empty when saved by a run without fp16 (CPU, bf16): keep the fresh scale

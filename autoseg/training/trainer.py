@@ -299,7 +299,7 @@ def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
                   log: TrainingLog, fold_dir: Path, fold: int | str, write) -> None:
     model = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist.enabled else network
-    loss_fn = DeepSupervisionLoss(segmentation_loss(data.info.region_based, data.plan.batch_dice), data.info.region_based)
+    loss_fn = DeepSupervisionLoss(segmentation_loss(data.info.region_based, data.plan.batch_dice, options.dice), data.info.region_based)
     show = options.progress and dist.is_main
     with BatchStream(batch_makers(data, options, dist), options.workers) as stream:
         for epoch in range(log.epochs_done, options.epochs):
