@@ -21,7 +21,7 @@ import torch
 
 from autoseg.errors import fail
 from autoseg.io import atomic_path
-from autoseg.planning.plans import LEGACY_REGION_HEAD
+from autoseg.plans import LEGACY_REGION_HEAD
 
 FORMAT = "autoseg-checkpoint-1"
 

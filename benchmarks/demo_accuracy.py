@@ -23,7 +23,7 @@ from pathlib import Path
 def _dataset(home: Path, head: str):
     """The demo's data, planned with the demo's settings and the given region head."""
     from autoseg.demo import CONFIGURATION, DemoOptions, DemoSettings, convert, demo_paths, generate_data, plan, preprocess
-    from autoseg.planning.plans import Plans
+    from autoseg.plans import Plans
 
     opts = DemoOptions(home=home, out=home / "demo", settings=DemoSettings.full(), workers=2)
     paths = demo_paths(home)

@@ -36,7 +36,7 @@ from autoseg.inference.predictor import (InputCase, Predictor, find_input_cases,
 from autoseg.inference.sliding_window import compute_steps
 from autoseg.io import write_image
 from autoseg.network import build_network
-from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan
+from autoseg.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan
 from autoseg.preprocessing import preprocess_case, restore_probabilities
 
 DEFAULT_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats" / "labelled" / "BraTS19_CBICA_ASK_1"

@@ -14,10 +14,10 @@ import argparse
 import time
 
 from autoseg.fingerprint import Fingerprint
-from autoseg.planning.calibrate import measure_training_step
 from autoseg.planning.memory import count_parameters, estimate_training_memory
-from autoseg.planning.plans import NetworkPlan
 from autoseg.planning.reference import plans_dir, reference_plans
+from memory_calibrate import measure_training_step  # benchmarks/ is sys.path[0] when run as a script
+from autoseg.plans import NetworkPlan
 
 
 def _net(arch: str, features: list[int], dim: int, strides: list[list[int]], enc: list[int], dec: int,

@@ -33,7 +33,7 @@ import numpy as np
 
 from autoseg import brats
 from autoseg.io import write_json_atomic
-from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
+from autoseg.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
 
 DEFAULT_BRATS = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats"
 PATCHES = {"128^3": (128, 128, 128), "96^3": (96, 96, 96), "64^3": (64, 64, 64), "2d 1x192x160": (1, 192, 160)}

@@ -26,7 +26,7 @@ from autoseg.dataset import DatasetInfo
 from autoseg.inference.predictor import Predictor
 from autoseg.io import Geometry
 from autoseg.network import network_for_dataset
-from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan
+from autoseg.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan
 
 SHAPE = (155, 240, 240)
 

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from autoseg.paths import DatasetPaths
-from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
+from autoseg.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.synthetic import write_raw_dataset
 
 NAME = "Dataset001_Synthetic"

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from autoseg.network import build_network, count_parameters as built_parameters
-from autoseg.planning.calibrate import measure_training_step
 from autoseg.planning.memory import (
     count_parameters,
     estimate_training_memory,
     estimate_training_memory_bytes,
     stage_shapes,
 )
-from autoseg.planning.plans import NetworkPlan
+from autoseg.plans import NetworkPlan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from memory_calibrate import measure_training_step  # noqa: E402  (a benchmark tool, not part of the package)
 
 
 def net(arch, features, kernels, strides, enc, dec) -> NetworkPlan:

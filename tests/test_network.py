@@ -14,7 +14,7 @@ from autoseg.network import (
     network_for_dataset,
     region_patterns,
 )
-from autoseg.planning.plans import NetworkPlan
+from autoseg.plans import NetworkPlan
 
 
 def plan(arch: str, features, strides, kernel=3, n_enc=None, n_dec=None) -> NetworkPlan:

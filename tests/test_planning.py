@@ -17,7 +17,6 @@ from autoseg.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
 from autoseg.network import build_network
 from autoseg.planning import (
     PRESETS,
-    Plans,
     detect_vram,
     estimate_training_memory_bytes,
     memory_budget_bytes,
@@ -27,6 +26,7 @@ from autoseg.planning import (
 )
 from autoseg.planning.presets import VramPreset
 from autoseg.planning.reference import differences, plans_dir, reference_plans
+from autoseg.plans import Plans
 
 STATS = IntensityStats(mean=100.0, std=20.0, median=100.0, min=-1000.0, max=3000.0, percentile_00_5=-900.0,
                        percentile_99_5=1500.0)

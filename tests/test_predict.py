@@ -19,7 +19,7 @@ from autoseg.inference.predictor import (Predictor, find_input_cases, output_lab
 from autoseg.io import read_header, read_image
 from autoseg.network import network_for_dataset
 from autoseg.paths import DatasetPaths
-from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan
+from autoseg.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan
 from autoseg.synthetic import write_brats_folders
 
 DS = "Dataset001_Synthetic"

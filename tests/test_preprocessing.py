@@ -17,7 +17,7 @@ from autoseg.errors import AutosegError
 from autoseg.io import Geometry, read_image, write_image
 from autoseg.orientation import reorientation_for
 from autoseg.paths import resolve_dataset
-from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
+from autoseg.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.preprocessing import (list_preprocessed_cases, load_case, preprocess_case, preprocess_dataset,
                                    restore_label, restore_probabilities)
 from autoseg.preprocessing.cropping import bbox_of

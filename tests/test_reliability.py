@@ -36,7 +36,7 @@ from autoseg.dataset import DatasetInfo
 from autoseg.io import Geometry, read_image, write_image
 from autoseg.network import network_for_dataset
 from autoseg.paths import DatasetPaths
-from autoseg.planning.plans import Plans
+from autoseg.plans import Plans
 from autoseg.synthetic import write_brats_folders, write_raw_dataset
 
 DS = "Dataset001_Synthetic"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from autoseg.cli._common import add_dataset, dataset_paths, parser, shard_arg, workers_arg
 from autoseg.errors import run_cli
-from autoseg.planning.plans import Plans
+from autoseg.plans import Plans
 from autoseg.preprocessing import preprocess_dataset
 
 

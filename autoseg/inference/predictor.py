@@ -36,7 +36,7 @@ from autoseg.io import Geometry, read_image, save_npz_atomic, write_image
 from autoseg.network import network_for_dataset
 from autoseg.parallel import shard as shard_items
 from autoseg.paths import DatasetPaths
-from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
+from autoseg.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.postprocessing import PostprocessingPlan
 from autoseg.precision import compute_dtype_for
 from autoseg.preprocessing import preprocess_case, restore_probabilities

@@ -9,7 +9,7 @@ from torch import nn
 
 from autoseg.network.regions import RegionLogits, region_patterns
 from autoseg.network.unet import ARCHS, UNet, check_network_plan
-from autoseg.planning.plans import REGION_HEADS, NetworkPlan
+from autoseg.plans import REGION_HEADS, NetworkPlan
 
 if TYPE_CHECKING:
     from autoseg.dataset import DatasetInfo

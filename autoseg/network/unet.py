@@ -1,4 +1,4 @@
-"""The U-Net built from a :class:`~autoseg.planning.plans.NetworkPlan`: plain or residual encoder, plain decoder.
+"""The U-Net built from a :class:`~autoseg.plans.NetworkPlan`: plain or residual encoder, plain decoder.
 
 Encoder stage i has ``features[i]`` channels and ``n_conv_encoder[i]`` conv blocks (``unet``) or
 residual blocks (``resenc_unet``, after a one-conv stem); its first block is strided by
@@ -22,7 +22,7 @@ from torch import nn
 from autoseg.errors import AutosegError, fail
 from autoseg.network.blocks import ConvNormAct, conv_stack, init_he, ops, residual_stack
 from autoseg.network.regions import RegionLogits
-from autoseg.planning.plans import NetworkPlan
+from autoseg.plans import NetworkPlan
 
 ARCHS = ("unet", "resenc_unet")
 

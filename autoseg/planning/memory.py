@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autoseg.planning.plans import NetworkPlan
+from autoseg.plans import NetworkPlan
 
 LOSS_SAVED_PER_OUTPUT = 4         # float32 elements per output element: logits cast, sigmoid/softmax, BCE/CE, soft Dice
 BACKWARD_FULLRES_BUFFERS = 2      # gradients alive at once at full resolution (an op's output grad and input grad)

@@ -1,4 +1,4 @@
-"""The planner: from a dataset fingerprint and a VRAM budget to :class:`~autoseg.planning.plans.Plans`.
+"""The planner: from a dataset fingerprint and a VRAM budget to :class:`~autoseg.plans.Plans`.
 
 The method is nnU-Net v2's (``docs/planning-memory.md``): target spacing from the median spacing,
 a patch that starts at the median (cropped, resampled) image and shrinks until the estimated training
@@ -20,8 +20,8 @@ from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail
 from autoseg.fingerprint import Fingerprint
 from autoseg.planning.memory import estimate_training_memory_bytes
-from autoseg.planning.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.planning.presets import VramPreset, preset_by_arch, select_preset
+from autoseg.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
 
 GIB = 2 ** 30
 USABLE_FRACTION = 0.7          # of the VRAM, for tensors; the rest: CUDA context, cuDNN workspaces, allocator slack

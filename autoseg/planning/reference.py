@@ -22,8 +22,8 @@ from autoseg.errors import fail
 from autoseg.fingerprint import Fingerprint
 from autoseg.io import read_json, write_json_atomic
 from autoseg.planning.planner import plan_dataset
-from autoseg.planning.plans import Plans
 from autoseg.planning.presets import PRESETS
+from autoseg.plans import Plans
 
 PLANS_DIR = Path(__file__).resolve().parents[2] / "plans"
 

@@ -16,7 +16,7 @@ from autoseg.fingerprint import Fingerprint, compute_fingerprint
 from autoseg.paths import DatasetPaths
 from autoseg.planning.planner import (DEFAULT_VRAM_GB, OUTLIER_FACTOR, check_request, detect_vram, outlier_cases,
                                       plan_dataset)
-from autoseg.planning.plans import Plans
+from autoseg.plans import Plans
 from autoseg.verify import verify_dataset
 
 SIGNATURE_KEY = "raw_signature"

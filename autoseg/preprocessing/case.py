@@ -15,7 +15,7 @@ from autoseg.io import Geometry
 from autoseg.orientation import reorientation_for
 from autoseg.parallel import memory_limit
 from autoseg.planning.planner import fmt
-from autoseg.planning.plans import ConfigurationPlan
+from autoseg.plans import ConfigurationPlan
 from autoseg.preprocessing.cropping import crop, filled_nonzero_mask, nonzero_bbox, uncrop
 from autoseg.preprocessing.normalization import normalize_channel
 from autoseg.preprocessing.properties import CaseProperties

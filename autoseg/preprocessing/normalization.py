@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from autoseg.errors import fail
-from autoseg.planning.plans import ChannelNormalization
+from autoseg.plans import ChannelNormalization
 
 SCHEMES = ("zscore", "ct", "none")
 _EPS = 1e-8

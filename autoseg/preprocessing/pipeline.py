@@ -21,7 +21,7 @@ from autoseg.io import Geometry, read_image
 from autoseg.parallel import children_ignore_ctrl_c
 from autoseg.parallel import shard as shard_items
 from autoseg.paths import DatasetPaths
-from autoseg.planning.plans import ConfigurationPlan, Plans
+from autoseg.plans import ConfigurationPlan, Plans
 from autoseg.preprocessing.case import configured_spacing, preprocess_case
 from autoseg.preprocessing.properties import CaseProperties
 from autoseg.preprocessing.storage import (FORMAT_VERSION, foreground_locations, is_complete, link_case, read_marker,

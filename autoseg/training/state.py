@@ -16,7 +16,7 @@ from torch import nn
 from autoseg.checkpoint import load_checkpoint
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail
-from autoseg.planning.plans import ConfigurationPlan
+from autoseg.plans import ConfigurationPlan
 from autoseg.training.options import TrainOptions
 from autoseg.training.progress import TrainingLog
 

@@ -27,7 +27,7 @@ from autoseg.data.splits import Split, fold_cases, load_or_create_splits, parse_
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail, interrupts_deferred
 from autoseg.paths import DatasetPaths
-from autoseg.planning.plans import ConfigurationPlan, Plans
+from autoseg.plans import ConfigurationPlan, Plans
 from autoseg.precision import compute_dtype_for, dtype_name
 from autoseg.training import distributed as ddp
 from autoseg.training.losses import DeepSupervisionLoss, segmentation_loss

@@ -19,7 +19,7 @@ from torch import nn
 
 from autoseg.dataset import DatasetInfo
 from autoseg.io import atomic_path, write_json_atomic
-from autoseg.planning.plans import ConfigurationPlan
+from autoseg.plans import ConfigurationPlan
 
 
 def validate_cases(network: nn.Module, case_ids: list[str], load_case: Callable[[str], Any], info: DatasetInfo,

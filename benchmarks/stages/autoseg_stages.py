@@ -27,7 +27,7 @@ def dataset_paths(work: Path):
 
 
 def default_network_plan():
-    from autoseg.planning.plans import NetworkPlan
+    from autoseg.plans import NetworkPlan
 
     n = len(c.FEATURES)
     return NetworkPlan(arch="unet", features=list(c.FEATURES), kernel_sizes=[[3, 3, 3]] * n,
@@ -53,7 +53,7 @@ def fingerprint_and_plan(work: Path) -> dict:
 
 def default_topology_plans(work: Path):
     """autoseg's own plans for this dataset with 3d_fullres set to the default BraTS topology."""
-    from autoseg.planning.plans import Plans
+    from autoseg.plans import Plans
 
     paths = dataset_paths(work)
     if not paths.plans_json.is_file():
@@ -155,8 +155,8 @@ def inference(work: Path, case: str | None, tta: bool) -> dict:
 
     from autoseg.dataset import DatasetInfo
     from autoseg.inference.predictor import Predictor, predict_folder
-    from autoseg.precision import compute_dtype_for
     from autoseg.network import build_network
+    from autoseg.precision import compute_dtype_for
 
     torch.set_num_threads(c.threads())
     torch.manual_seed(0)

@@ -1,5 +1,9 @@
 """Measure what one training step really holds, on CPU, to calibrate :mod:`autoseg.planning.memory`.
 
+A benchmark tool, not part of the package (it needs the network and the training loss, both later stages
+than planning): ``benchmarks/memory_model.py`` prints the calibration table with it and
+``tests/test_memory_model.py`` checks the estimate against it.
+
 Two counts, both exact on any device that runs the step:
 
 * ``saved_activation_bytes``: unique storages autograd saves for backward during forward + loss
@@ -26,8 +30,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from autoseg.network import build_network
+from autoseg.plans import NetworkPlan
 from autoseg.training.losses import DeepSupervisionLoss, segmentation_loss
-from autoseg.planning.plans import NetworkPlan
 
 
 @dataclass(frozen=True)
