@@ -1,6 +1,6 @@
 """The demo's accuracy per seed and region head, on one machine (docs/accuracy.md).
 
-    python benchmarks/demo_accuracy.py --work W --seeds 0 1 2 --region-head sigmoid softmax [--precision fp32]
+    python benchmarks/demo_accuracy.py --work W --seeds 0 1 2 --region-head sigmoid softmax [--precision fp32] [--dice log linear]
 
 Makes the demo's synthetic dataset once under W (12 training + 3 test cases, the demo's plan), then
 for every seed and region head trains fold 0 with the demo's fixed settings (7 x 25 iterations),
@@ -65,7 +65,7 @@ def _trace_steps(records: list) -> None:
     losses.DiceBCELoss.forward = forward
 
 
-def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, trace: bool) -> dict:
+def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, trace: bool, dice: str = "log") -> dict:
     from autoseg.checkpoint import load_checkpoint
     from autoseg.demo import CONFIGURATION, FOLD, evaluate, mean_dice, predict
     from autoseg.training import TrainOptions, train_fold
@@ -81,12 +81,12 @@ def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, tr
     t0 = time.perf_counter()
     train_fold(paths, CONFIGURATION, FOLD, TrainOptions(
         epochs=epochs or s.epochs, iters_per_epoch=s.iters_per_epoch, val_iters=s.val_iters, device="cpu",
-        workers=2, seed=seed, precision=precision, progress=False))
+        workers=2, seed=seed, precision=precision, progress=False, dice=dice))
     train_s = time.perf_counter() - t0
     log = load_checkpoint(fold_dir / "checkpoint_final.pt")["log"]
-    out = work / f"out_seed{seed}_{head}_{precision}"
+    out = work / f"out_seed{seed}_{head}_{precision}_{dice}"
     summary, _ = evaluate(predict(paths, out), opts.out / "references", paths, out, 2)
-    result = {"seed": seed, "region_head": head, "precision": precision, "train_s": train_s,
+    result = {"seed": seed, "region_head": head, "dice": dice, "precision": precision, "train_s": train_s,
               "test_dice": mean_dice(summary), "pseudo_dice": log["pseudo_dice"],
               "trace": records if trace else None}
     with open(work / "results.jsonl", "a") as f:
@@ -96,12 +96,12 @@ def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, tr
 
 def table(work: Path) -> str:
     rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
-    lines = ["| head | precision | seed | pseudo-Dice WT/TC/ET per epoch | test WT | test TC | test ET |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| head | Dice term | precision | seed | pseudo-Dice WT/TC/ET per epoch | test WT | test TC | test ET |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         curve = " · ".join("/".join(f"{d:.2f}" for d in e) for e in r["pseudo_dice"])
         d = list(r["test_dice"].values())
-        lines.append(f"| {r['region_head']} | {r['precision']} | {r['seed']} | {curve} | "
+        lines.append(f"| {r['region_head']} | {r.get('dice', 'linear')} | {r['precision']} | {r['seed']} | {curve} | "
                      + " | ".join(f"{v:.3f}" for v in d) + " |")
     return "\n".join(lines)
 
@@ -115,11 +115,14 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--trace", action="store_true")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--dice", nargs="+", default=["log"], choices=("log", "linear"),
+                   help="Dice term(s) to train with (autoseg-train --dice)")
     a = p.parse_args()
     if not a.table_only:
-        for head in a.region_head:
-            for seed in a.seeds:
-                run(a.work, seed, head, a.precision, a.epochs, a.trace)
+        for dice in a.dice:
+            for head in a.region_head:
+                for seed in a.seeds:
+                    run(a.work, seed, head, a.precision, a.epochs, a.trace, dice)
     print(table(a.work))
 
 
