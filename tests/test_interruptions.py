@@ -12,6 +12,7 @@ leaked semaphore, and a training epoch that had finished is on disk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -41,10 +42,23 @@ def command(name: str, *args) -> list[str]:
     return [str(BIN / name), *(str(a) for a in args)]
 
 
+def communicate(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """``proc.communicate()``, but a command still running after ``timeout`` s is a failure, never a hang of the
+    suite: it and every process of its group (started with ``start_new_session``) are killed first."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(proc.args)} still running after {timeout} s (killed): {(err or '')[-1500:]}")
+
+
 def finished(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    return r
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    out, err = communicate(proc, timeout)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def in_process(main, *argv) -> None:
@@ -66,7 +80,7 @@ def kill_when(cmd: list[str], ready, timeout: float = 240) -> bool:
         os.killpg(proc.pid, signal.SIGKILL)   # the command and any worker it started
     except ProcessLookupError:
         running = False
-    proc.wait()
+    communicate(proc, 60)
     return running
 
 
@@ -197,7 +211,7 @@ def test_ctrl_c_during_parallel_preprocessing_is_one_line_and_rerun_finishes(pla
         time.sleep(0.005)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGINT)
-    err = proc.communicate(timeout=120)[1]
+    err = communicate(proc, 120)[1]
     assert "Traceback" not in err, err[-2000:]
     if proc.returncode != 0:   # (on a fast machine it may have finished first)
         assert proc.returncode == 130, err[-2000:]
@@ -232,7 +246,7 @@ def terminate_when(cmd: list[str], ready, whole_group: bool, timeout: float = 24
         time.sleep(0.005)
     if proc.poll() is None:
         (os.killpg if whole_group else os.kill)(proc.pid, signal.SIGTERM)
-    err = proc.communicate(timeout=timeout)[1]    # (stderr closes when the last process holding it is gone)
+    err = communicate(proc, 120)[1]    # (stderr closes when the last process holding it is gone)
     deadline = time.monotonic() + 10
     while live_group_members(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -258,8 +272,6 @@ def preprocessed_ref(planned: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return ref
 
 
-@pytest.mark.skip(reason="hung in a full-suite run on 2 loaded cores: the parent of autoseg-preprocess -np 2 waited "
-                         "forever on spawn workers that SIGTERM had killed (issue 16, to fix before re-enabling)")
 @pytest.mark.parametrize("whole_group", [True, False], ids=["group (SLURM)", "main process (Kubernetes)"])
 def test_sigterm_during_parallel_preprocessing_is_one_line_and_rerun_equals_an_uninterrupted_run(
         planned: Path, preprocessed_ref: Path, tmp_path: Path, whole_group: bool) -> None:
@@ -271,6 +283,50 @@ def test_sigterm_during_parallel_preprocessing_is_one_line_and_rerun_equals_an_u
     expect_terminated(code, err, "autoseg-preprocess")
     finished(command("autoseg-preprocess", "--home", home, "-np", "2"))
     assert not temporaries(out)
+    mine = {Path(k).relative_to(home): v for k, v in snapshot(DatasetPaths(home, DS).preprocessed).items()}
+    theirs = {Path(k).relative_to(preprocessed_ref): v
+              for k, v in snapshot(DatasetPaths(preprocessed_ref, DS).preprocessed).items()}
+    assert mine == theirs
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The spawn worker processes (not the resource tracker) whose parent is ``parent``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_a_preprocessing_worker_killed_outright_fails_its_case_named_and_the_others_finish(
+        planned: Path, preprocessed_ref: Path, tmp_path: Path) -> None:
+    """SIGKILL to one worker (what the out-of-memory killer does) while it preprocesses a case: that case fails
+    with one line naming it, the others are written, exit 2; the rerun completes it. multiprocessing's pool lost
+    the worker's case and waited for it forever (a hang, here a timeout)."""
+    home = tmp_path / "home"
+    shutil.copytree(planned, home)
+    out = DatasetPaths(home, DS).config_dir("3d_fullres")
+    proc = subprocess.Popen(command("autoseg-preprocess", "--home", home, "-np", "2"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline, killed = time.monotonic() + 120, None
+    while proc.poll() is None and time.monotonic() < deadline and killed is None:
+        if out.is_dir() and any(out.glob("case_*.json")) and (pids := worker_pids(proc.pid)):
+            os.kill(pids[0], signal.SIGKILL)   # it holds a case: two workers, two cases still to do
+            killed = pids[0]
+        time.sleep(0.005)
+    err = communicate(proc, 120)[1]
+    assert killed is not None and "Traceback" not in err, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("autoseg-preprocess")]
+    assert proc.returncode == 2 and len(lines) == 1, err[-2000:]
+    assert "worker process killed by SIGKILL (often the out-of-memory killer) while preprocessing this case" \
+        in lines[0] and str(home / "raw" / DS / "imagesTr" / "case_") in lines[0], lines
+    assert len(list(out.glob("case_*.json"))) == 3, "the other cases are finished"
+    finished(command("autoseg-preprocess", "--home", home, "-np", "2"))
     mine = {Path(k).relative_to(home): v for k, v in snapshot(DatasetPaths(home, DS).preprocessed).items()}
     theirs = {Path(k).relative_to(preprocessed_ref): v
               for k, v in snapshot(DatasetPaths(preprocessed_ref, DS).preprocessed).items()}
@@ -385,7 +441,7 @@ def test_sigterm_while_a_command_starts_is_one_line(tmp_path: Path) -> None:
     while proc.poll() is None and not catches_sigterm(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.001)
     proc.send_signal(signal.SIGTERM)
-    err = proc.communicate(timeout=60)[1]
+    err = communicate(proc, 60)[1]
     assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1] in ("autoseg-train: terminated (SIGTERM) while starting; nothing was written",
                                             f"autoseg-train: terminated (SIGTERM); {RESUME_HINT}"), err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from tqdm import tqdm
 from autoseg.dataset import CaseFiles, DatasetInfo, load_dataset
 from autoseg.errors import AutosegError, ProblemList, fail
 from autoseg.io import Geometry, read_image
-from autoseg.parallel import children_ignore_ctrl_c
+from autoseg.parallel import WorkerDied, process_map
 from autoseg.parallel import shard as shard_items
 from autoseg.paths import DatasetPaths
 from autoseg.plans import ConfigurationPlan, Plans
@@ -175,12 +174,17 @@ def preprocess_dataset(paths: DatasetPaths, configuration: str = "3d_fullres", w
 
 
 def _run(tasks: list[tuple], workers: int) -> Iterator[tuple[str, str | None]]:
-    """Results in completion order: in this process for one worker, else a spawn pool (one case per task)."""
+    """Results in completion order: in this process for one worker, else in spawn worker processes (one case
+    each at a time); a worker killed outright (the out-of-memory killer) fails its case, named."""
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_process_args, tasks)
         return
-    ctx = multiprocessing.get_context("spawn")
-    with children_ignore_ctrl_c():  # also the pool's handler thread, which replaces retired workers
-        pool = ctx.Pool(min(workers, len(tasks)), maxtasksperchild=TASKS_PER_WORKER)
-    with pool:
-        yield from pool.imap_unordered(_process_args, tasks, chunksize=1)
+    with contextlib.closing(process_map(_process_args, tasks, workers, TASKS_PER_WORKER)) as results:
+        for task, result in results:
+            if isinstance(result, WorkerDied):
+                files: CaseFiles = task[0]
+                result = files.case_id, str(fail(files.images[0].parent / files.case_id, f"{result} while "
+                                                 "preprocessing this case", "rerun with fewer workers (-np), or "
+                                                 "free memory; if the case is much larger than the others, check its "
+                                                 "spacing and size"))
+            yield result
