@@ -860,6 +860,13 @@ BAD_NUMBERS = [   # (command, its main's module, arguments, the option named in 
     ("autoseg-demo", "demo", ["--epochs", "0"], "--epochs"),
     ("autoseg-demo", "demo", ["--threads", "0"], "--threads"),
     ("autoseg-demo", "demo", ["-np", "0"], "-np"),
+    ("autoseg-evaluate", "evaluate", ["-np", "0"], "-np"),
+    ("autoseg-evaluate", "evaluate", ["-np", "-1"], "-np"),
+    ("autoseg-evaluate", "evaluate", ["--nsd-tolerance", "-1"], "--nsd-tolerance"),
+    ("autoseg-evaluate", "evaluate", ["--nsd-tolerance", "nan"], "--nsd-tolerance"),
+    ("autoseg-evaluate", "evaluate", ["--lesion-dilation", "-1"], "--lesion-dilation"),
+    ("autoseg-evaluate", "evaluate", ["--lesion-dilation", "1.5"], "--lesion-dilation"),
+    ("autoseg-evaluate", "evaluate", ["--lesion-min-volume", "-5"], "--lesion-min-volume"),
 ]
 
 
@@ -872,7 +879,8 @@ def test_bad_numbers_are_refused_while_parsing(tmp_path: Path, capsys, prog: str
     root does not exist: the parser must answer before anything looks for it."""
     import importlib
     main = importlib.import_module(f"autoseg.cli.{module}").main
-    io_args = {"predict": ["-i", tmp_path / "in", "-o", tmp_path / "out"], "demo": ["--out", tmp_path / "demo"]}
+    io_args = {"predict": ["-i", tmp_path / "in", "-o", tmp_path / "out"], "demo": ["--out", tmp_path / "demo"],
+               "evaluate": ["-p", tmp_path / "pred", "-r", tmp_path / "ref"]}
     args = [str(tmp_path / "src") if a == "SRC" else a for a in args]
     code, lines = run(main, [*args, *io_args.get(module, []), "--home", tmp_path / "home"], capsys)
     assert code == 2 and len(lines) == 1, lines

@@ -4,14 +4,13 @@ optionally normalised surface Dice and the BraTS 2023 lesion-wise Dice and HD95.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from autoseg.cli._common import add_dataset, dataset_paths, parser
+from autoseg.cli._common import add_dataset, dataset_paths, number, parser, workers_arg
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import AutosegError, fail, run_cli
 from autoseg.evaluation.calibration import summary_lines
@@ -59,16 +58,16 @@ def _main(argv: Sequence[str] | None) -> int:
     add_dataset(p)
     p.add_argument("--dataset-json", default=None, help="dataset.json declaring labels/regions (instead of -d)")
     p.add_argument("-o", "--output", default=None, help="folder for metrics.csv and summary.json (default: -p)")
-    p.add_argument("-np", "--workers", type=int, default=1, help="worker processes")
+    p.add_argument("-np", "--workers", type=workers_arg(), default=1, help="worker processes")
     p.add_argument("--png", action="store_true", help="also write prediction-vs-reference overlays (overlays/)")
     p.add_argument("--report", action="store_true", help="also write report.html with tables and overlays")
     p.add_argument("--lesion-wise", action="store_true",
                    help="also the BraTS 2023 lesion-wise Dice and HD95 of each declared label/region, and NSD")
-    p.add_argument("--nsd-tolerance", type=float, default=None, metavar="MM",
+    p.add_argument("--nsd-tolerance", type=number(float, "--nsd-tolerance 1", low=0.0), default=None, metavar="MM",
                    help="normalised surface Dice at this tolerance in mm (default 1 with --lesion-wise, else off)")
-    p.add_argument("--lesion-dilation", type=int, default=3, metavar="N",
+    p.add_argument("--lesion-dilation", type=number(int, "--lesion-dilation 3", low=0), default=3, metavar="N",
                    help="lesion matching dilation in voxels (BraTS 2023 GLI/SSA/PED: 3, the default; MEN, MET: 1)")
-    p.add_argument("--lesion-min-volume", type=float, default=50.0,
+    p.add_argument("--lesion-min-volume", type=number(float, "--lesion-min-volume 50", low=0.0), default=50.0,
                    metavar="MM3", help="reference lesions of at most this volume are not scored "
                    "(BraTS 2023 GLI/SSA/PED/MEN: 50, the default; MET: 2)")
     p.add_argument("--calibration", action="store_true",
@@ -80,10 +79,6 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--determine-postprocessing", default=None, metavar="FILE",
                    help="on cross-validation predictions: decide largest-component postprocessing, save it to FILE")
     args = p.parse_args(argv)
-    for flag, value in (("--nsd-tolerance", args.nsd_tolerance), ("--lesion-dilation", args.lesion_dilation),
-                        ("--lesion-min-volume", args.lesion_min_volume)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise fail(None, f"{flag} {value} must be a number of at least 0", f"e.g. {flag} 1")
     info = resolve_info(args)
     lesions = LesionSettings(args.lesion_dilation, args.lesion_min_volume) if args.lesion_wise else None
     nsd_tolerance = args.nsd_tolerance if args.nsd_tolerance is not None else (1.0 if args.lesion_wise else None)
