@@ -110,6 +110,12 @@ class DatasetInfo:
         return len(self.channel_names)
 
     @property
+    def is_2d(self) -> bool:
+        """Whether the cases are 2D images, one slice each (``autoseg_2d``, written by autoseg-convert slices):
+        only the 2d configuration is planned for them."""
+        return bool(self.extra.get("autoseg_2d"))
+
+    @property
     def region_based(self) -> bool:
         return any(isinstance(v, list) for v in self.labels.values())
 

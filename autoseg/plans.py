@@ -100,6 +100,11 @@ class Plans:
     explanation: list[str] = field(default_factory=list)
     version: int = PLANS_VERSION
 
+    @property
+    def default_configuration(self) -> str:
+        """What commands use without -c: ``3d_fullres``, or ``2d`` for a 2D dataset's plan (its only one)."""
+        return "3d_fullres" if "3d_fullres" in self.configurations else next(iter(self.configurations))
+
     def configuration(self, name: str, where: str | Path | None = None) -> ConfigurationPlan:
         if name not in self.configurations:
             raise fail(where, f"configuration {name!r} is not in the plan (have: {', '.join(self.configurations)})",

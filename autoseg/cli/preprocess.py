@@ -15,14 +15,15 @@ def _main(argv: Sequence[str] | None) -> int:
     p = parser("autoseg-preprocess", "Reorient, crop to the nonzero box, normalise and resample every training "
                "case as plans.json says; reruns skip finished cases.")
     add_dataset(p)
-    p.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"], metavar="CONFIG",
-                   help="configurations to preprocess (2d, 3d_fullres, 3d_lowres) or 'all' for every planned one")
+    p.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
+                   help="configurations to preprocess (2d, 3d_fullres, 3d_lowres) or 'all' for every planned one "
+                        "(default: 3d_fullres; 2d for a dataset of 2D images)")
     p.add_argument("-np", "--workers", type=workers_arg(), default=2, help="worker processes (one case each at a time)")
     p.add_argument("--shard", type=shard_arg, default=(0, 1),
                    help="i/n: only every n-th case starting at i (0-based), for job arrays")
     args = p.parse_args(argv)
     paths = dataset_paths(args)
-    configs = args.configurations
+    configs = args.configurations or [Plans.load(paths.plans_json).default_configuration]
     if "all" in configs:
         configs = list(Plans.load(paths.plans_json).configurations)
     for name in configs:

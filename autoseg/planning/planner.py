@@ -293,7 +293,8 @@ def check_request(vram_gb: float | None, arch: str | None, base_features: int, m
 def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vram_source: str,
                  arch: str | None = None, base_features: int = 32, max_features: int = 320,
                  spacing: Sequence[float] | None = None) -> Plans:
-    """Plan 2d, 3d_fullres and (when needed) 3d_lowres for a dataset on a GPU with ``vram_gb`` GiB.
+    """Plan 2d, 3d_fullres and (when needed) 3d_lowres for a dataset on a GPU with ``vram_gb`` GiB; only 2d for
+    a dataset of 2D images (:attr:`DatasetInfo.is_2d`).
 
     ``spacing`` (z, y, x mm, or one value for all axes) overrides the target spacing, e.g. a coarse
     spacing for quick CPU training; everything else is still derived from it.
@@ -331,6 +332,11 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
     fit2d = fit_patch_and_batch(median[1:], spacing[1:], budget, preset, cin, cout, base_features, max_2d, dataset_voxels)
     configs["2d"] = _configuration("2d", spacing[1:], median[1:], fit2d, norm, batch_dice=True)
     explanation += ["2d (slices along axis 0): " + s for s in fit2d.sentences]
+    if info.is_2d:   # one slice per case: a 3d network would only see that slice
+        explanation.append("Only the 2d configuration: dataset.json marks the cases as 2D images (autoseg_2d).")
+        return Plans(dataset_name=fingerprint.dataset_name, vram_gb=float(vram_gb), vram_source=vram_source,
+                     orientation=CANONICAL_ORIENTATION, num_channels=cin, num_outputs=cout,
+                     region_based=info.region_based, configurations=configs, explanation=explanation)
     fit3d = fit_patch_and_batch(median, spacing, budget, preset, cin, cout, base_features, max_features, dataset_voxels)
     coverage = float(np.prod(fit3d.patch_size) / np.prod(median))
     explanation += ["3d_fullres: " + s for s in fit3d.sentences]

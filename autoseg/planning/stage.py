@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from autoseg.dataset import DatasetInfo, is_os_litter
 from autoseg.errors import AutosegError, fail
 from autoseg.fingerprint import Fingerprint, compute_fingerprint
@@ -93,7 +95,7 @@ def run_planning(paths: DatasetPaths, vram_gb: float | None = None, arch: str | 
     note = ("Fingerprint reused and dataset check skipped: the raw files have not changed since they passed it."
             if reused
             else f"Fingerprint computed from {len(fp.sampled_cases)} sampled of {fp.num_training} case(s).")
-    outliers = outlier_cases(fp, plans.configurations["3d_fullres"].spacing)
+    outliers = outlier_cases(fp, _volume_spacing(plans, fp))
     if outliers:
         note += (f" {len(outliers)} case(s) are more than {OUTLIER_FACTOR}x off the median spacing or shape on an "
                  f"axis ({', '.join(cid for cid, _ in outliers)}); the plan follows the median.")
@@ -104,6 +106,13 @@ def run_planning(paths: DatasetPaths, vram_gb: float | None = None, arch: str | 
     plans = replace(plans, explanation=[note, *plans.explanation])
     plans.save(paths.plans_json)
     return plans
+
+
+def _volume_spacing(plans: Plans, fp: Fingerprint) -> list[float]:
+    """The planned (z, y, x) spacing: 3d_fullres's, or for a 2d-only plan the median slice spacing and 2d's."""
+    if "3d_fullres" in plans.configurations:
+        return plans.configurations["3d_fullres"].spacing
+    return [float(np.median([c.spacing[0] for c in fp.cases])), *plans.configurations["2d"].spacing]
 
 
 def summary_table(plans: Plans) -> str:

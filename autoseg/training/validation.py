@@ -38,7 +38,8 @@ def validate_cases(network: nn.Module, case_ids: list[str], load_case: Callable[
                                        compute_dtype=compute_dtype)
         pred = info.label_from_outputs(probs.numpy())
         ref = np.clip(np.asarray(case.seg), 0, None).astype(np.uint8)
-        per_case[case_id] = case_metrics(pred, ref, info, plan.spacing)
+        # the case's (z, y, x) spacing: a 2d plan's spacing has only (y, x)
+        per_case[case_id] = case_metrics(pred, ref, info, case.props.target_spacing)
     summary = {"cases": per_case, "mean": mean_metrics(per_case), "space": "preprocessed",
                "spacing_zyx": list(plan.spacing)}
     write_json_atomic(out_dir / "summary.json", summary)
