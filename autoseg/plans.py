@@ -54,7 +54,8 @@ class NetworkPlan:
 @dataclass(frozen=True)
 class ChannelNormalization:
     """How one input channel is normalised. ``scheme``: ``zscore`` (per case; inside the nonzero mask
-    when ``use_mask``), ``ct`` (clip to fingerprint percentiles, then global z-score), ``none``."""
+    when ``use_mask``), ``ct`` (clip to fingerprint percentiles, then global z-score), ``ct_window`` (clip to
+    the fixed window [lower, upper] of ``autoseg-plan --ct-window``, then scale to [0, 1]), ``none``."""
 
     scheme: str
     use_mask: bool = False

@@ -16,8 +16,10 @@ order (0/255 masks become 0/1). ``dataset.json`` lists the grey value of each la
 (:func:`grey_from_labels`), and ``autoseg_2d`` says whether the cases are 2D images.
 
 PNG and TIFF carry no reliable slice spacing, so the spacing is given (default 1 mm); the origin is 0 and the
-axes are the identity. Every input problem is listed at once before anything is written, each file is
-written atomically, and a rerun writes only what is missing.
+axes are the identity. An ``intercept`` is added to the pixel values (-1024 turns 16-bit PNGs of HU + 1024 back
+into HU). ``dataset.json`` records both (``autoseg_slice_spacing``, ``autoseg_intercept``), so that
+``autoseg-predict`` reads PNG/TIFF input exactly as the training cases were read. Every input problem is listed
+at once before anything is written, each file is written atomically, and a rerun writes only what is missing.
 """
 
 from __future__ import annotations
@@ -356,35 +358,70 @@ def _check_consistent(cases: list[SliceCase], found: list[_Inspection], problems
 
 # ---- writing ------------------------------------------------------------------------------------------------
 
-def _load_case(case: SliceCase, two_d: bool, mask_values: Sequence[int], spacing_zyx: Sequence[float]) -> CaseVolumes:
-    """Stack a case's slices into (z, y, x) volumes: the image channels, and the mask mapped to labels."""
-    images = [_read_pixels(p, allow_rgb=two_d) for p in case.images]
-    if images[0].ndim == 3:   # a 2D RGB image: three channels of one slice
-        channels = [np.ascontiguousarray(images[0][None, ..., c]) for c in range(3)]
+def with_intercept(array: np.ndarray, intercept: float) -> np.ndarray:
+    """``array + intercept``: int16 when integer values fit, else float32; unchanged for intercept 0."""
+    if intercept == 0:
+        return array
+    if array.dtype.kind in "iu" and float(intercept).is_integer():
+        shifted = array.astype(np.int32) + int(intercept)
+        if shifted.size == 0 or (shifted.min() >= -32768 and shifted.max() <= 32767):
+            return shifted.astype(np.int16)
+    return (array.astype(np.float32) + np.float32(intercept)).astype(np.float32)
+
+
+def read_slice_images(images: Sequence[Path], two_d: bool, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+                      intercept: float = 0.0) -> tuple[list[np.ndarray], Geometry]:
+    """A case's image slices as (z, y, x) channel volumes (a 2D RGB image: three one-slice channels) and their
+    geometry: ``spacing_zyx``, origin 0, identity axes. Used for conversion and for PNG/TIFF input to predict."""
+    pixels = [_read_pixels(p, allow_rgb=two_d) for p in images]
+    if pixels[0].ndim == 3:   # a 2D RGB image: three channels of one slice
+        channels = [np.ascontiguousarray(pixels[0][None, ..., c]) for c in range(3)]
     else:
-        channels = [np.stack(images)]
+        channels = [np.stack(pixels)]
+    z, y, x = channels[0].shape
+    geometry = Geometry((x, y, z), tuple(float(s) for s in reversed(spacing_zyx)), (0.0, 0.0, 0.0), _IDENTITY)
+    return [with_intercept(c, intercept) for c in channels], geometry
+
+
+def _load_case(case: SliceCase, two_d: bool, mask_values: Sequence[int], spacing_zyx: Sequence[float],
+               intercept: float) -> CaseVolumes:
+    """Stack a case's slices into (z, y, x) volumes: the image channels, and the mask mapped to labels."""
+    channels, geometry = read_slice_images(case.images, two_d, spacing_zyx, intercept)
     label = None
     if case.masks is not None:
         label = labels_from_grey(np.stack([_read_pixels(p, allow_rgb=False) for p in case.masks]), mask_values)
-    z, y, x = channels[0].shape
-    geometry = Geometry((x, y, z), tuple(float(s) for s in reversed(spacing_zyx)), (0.0, 0.0, 0.0), _IDENTITY)
     return CaseVolumes(channels, label, geometry)
 
 
 def _write(case: SliceCase, raw: Path, num_channels: int, two_d: bool, mask_values: Sequence[int],
-           spacing_zyx: Sequence[float]) -> int:
+           spacing_zyx: Sequence[float], intercept: float) -> int:
     return write_case(raw, case.case_id, num_channels, case.masks is not None,
-                      partial(_load_case, case, two_d, mask_values, spacing_zyx))
+                      partial(_load_case, case, two_d, mask_values, spacing_zyx, intercept))
+
+
+def _check_same_reading(existing: dict[str, Any] | None, spacing_zyx: Sequence[float], intercept: float, where: Path,
+                        problems: ProblemList) -> None:
+    """Cases added to a dataset must be read with its spacing and intercept (the plan and predict assume one)."""
+    if existing is None:
+        return
+    old_spacing, old_intercept = existing.get("autoseg_slice_spacing"), existing.get("autoseg_intercept", 0)
+    if old_spacing is not None and [float(s) for s in old_spacing] != [float(s) for s in spacing_zyx]:
+        problems.add(where, f"the dataset was converted with --spacing {' '.join(f'{s:g}' for s in old_spacing)}, "
+                     f"not {' '.join(f'{s:g}' for s in spacing_zyx)}", "give the same --spacing, or another -d")
+    if float(old_intercept) != float(intercept):
+        problems.add(where, f"the dataset was converted with --intercept {old_intercept:g}, not {intercept:g}",
+                     "give the same --intercept, or another -d")
 
 
 def convert_slices(src: Path, root: Path, dataset_id: int, name: str, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
                    images: str = "images", masks: str | None = None, channel_name: str = "image",
-                   workers: int = 2) -> DatasetPaths:
+                   workers: int = 2, intercept: float = 0.0) -> DatasetPaths:
     """Convert PNG/TIFF slice folders (or 2D images) under ``src`` into ``root/raw/DatasetNNN_name``.
 
     Every input problem is reported at once, before anything is written; see the module docstring for the
     layouts and the mask value mapping. ``channel_name`` names the grey channel in ``dataset.json`` (``CT``
-    selects CT normalisation); RGB images get channels R, G, B.
+    selects CT normalisation); RGB images get channels R, G, B. ``intercept`` is added to the pixel values
+    (-1024: 16-bit PNGs of HU + 1024 become HU).
     """
     src, root = Path(src), Path(root)
     if not src.is_dir():
@@ -398,6 +435,7 @@ def convert_slices(src: Path, root: Path, dataset_id: int, name: str, spacing_zy
     num_channels = _check_consistent(cases, found, problems)
     channel_names = dict(RGB_NAMES) if num_channels == 3 else {"0": channel_name}
     check_same_channels(existing, channel_names, paths.dataset_json, problems)
+    _check_same_reading(existing, spacing_zyx, intercept, paths.dataset_json, problems)
     if existing is not None and bool(existing.get("autoseg_2d")) != two_d:
         problems.add(paths.dataset_json, f"the dataset holds {'2D' if existing.get('autoseg_2d') else '3D'} cases, "
                      f"the new ones are {'2D' if two_d else '3D'}", "convert them into another dataset (another -d)")
@@ -410,7 +448,7 @@ def convert_slices(src: Path, root: Path, dataset_id: int, name: str, spacing_zy
         mask_values = _mask_values(union, old_values, src / (masks or "masks"), problems)
     problems.raise_if_any(f"cannot convert {src}")
     thread_map(partial(_write, raw=paths.raw, num_channels=num_channels, two_d=two_d, mask_values=mask_values,
-                       spacing_zyx=spacing_zyx), cases, workers, "convert")
+                       spacing_zyx=spacing_zyx, intercept=intercept), cases, workers, "convert")
     write_json_atomic(paths.dataset_json, {
         "name": name,
         "description": f"{'2D images' if two_d else 'PNG/TIFF slices'} converted by autoseg from {src.name}",
@@ -420,5 +458,7 @@ def convert_slices(src: Path, root: Path, dataset_id: int, name: str, spacing_zy
         "file_ending": ENDING,
         "autoseg_mask_values": mask_values,
         "autoseg_2d": two_d,
+        "autoseg_slice_spacing": [float(s) for s in spacing_zyx],
+        "autoseg_intercept": float(intercept),
     })
     return paths

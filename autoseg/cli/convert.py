@@ -50,6 +50,9 @@ def _main(argv: Sequence[str] | None) -> int:
     s.add_argument("--masks", default=None, help="name of the mask folder inside SRC (default: masks, if present)")
     s.add_argument("--channel-name", default="image", help="channel name in dataset.json; CT selects CT "
                    "normalisation (default: image; RGB images get R, G, B)")
+    s.add_argument("--intercept", type=number(float, "--intercept -1024"), default=0.0, metavar="V",
+                   help="added to every pixel value, e.g. -1024 for 16-bit PNGs that store HU + 1024 (default: 0); "
+                        "recorded in dataset.json so autoseg-predict reads PNG input the same way")
     dc = sub.add_parser("dicom", help="DICOM series: SRC/CASE/*.dcm (one series per case), or a mapping file "
                         "{case: {channel: folder}}", description="Slices are ordered by position, values rescaled "
                         "to HU, and each series written as NIfTI in its own geometry; missing slices, mixed series "
@@ -62,7 +65,7 @@ def _main(argv: Sequence[str] | None) -> int:
     root = data_root(args.home)
     if args.format == "slices":
         paths = convert_slices(args.src, root, args.dataset_id, args.name, args.spacing, args.images, args.masks,
-                               args.channel_name, args.workers)
+                               args.channel_name, args.workers, args.intercept)
     elif args.format == "dicom":
         paths = convert_dicom(args.src, root, args.dataset_id, args.name, args.labels, args.workers)
     else:

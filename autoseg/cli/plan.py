@@ -29,6 +29,10 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--spacing", type=number(float, "--spacing 2", above=0.0), nargs="+", default=None, metavar="MM",
                    help="override the target spacing: one value (isotropic) or three (z y x), e.g. --spacing 3 "
                         "for quick CPU training (default: from the data, as nnU-Net)")
+    p.add_argument("--ct-window", type=number(float, "--ct-window 40 80"), nargs=2, default=None,
+                   metavar=("CENTER", "WIDTH"), help="normalise the CT channel with this fixed window (e.g. 40 80 for "
+                   "the brain, in the images' values): clip to CENTER +- WIDTH/2, then scale to [0, 1] (default: "
+                   "nnU-Net's CT scheme, clip to the 0.5..99.5 percentiles and z-score)")
     p.add_argument("-np", "--workers", type=workers_arg(), default=2, metavar="W",
                    help="worker threads for checking and fingerprinting (default: 2)")
     args = p.parse_args(argv)
@@ -39,6 +43,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0
     plans = run_planning(paths, vram_gb=args.vram, arch=args.arch, base_features=args.base_features,
                          max_features=args.max_features, workers=args.workers, spacing=args.spacing,
+                         ct_window=args.ct_window,
                          warn=lambda line: print(f"autoseg-plan: warning: {line}", file=sys.stderr))
     print(f"{paths.name}: planned for {plans.vram_gb:g} GB ({plans.vram_source})")
     print(summary_table(plans))

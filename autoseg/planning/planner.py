@@ -234,15 +234,52 @@ def fit_patch_and_batch(median: Sequence[int], spacing: Sequence[float], budget:
     return _Fit(net, topo.patch_size, batch, memory, sentences)
 
 
-def normalization(fp: Fingerprint) -> tuple[list[ChannelNormalization], list[str]]:
+def check_options(ct_window: Sequence[float] | None = None) -> None:
+    """Refuse an impossible ``--ct-window`` before any work is done."""
+    if ct_window is not None and (len(ct_window) != 2 or not ct_window[1] > 0):
+        raise fail(None, f"--ct-window {' '.join(f'{v:g}' for v in ct_window)} must be a centre and a positive width",
+                   "e.g. --ct-window 40 80 for the brain window (HU)")
+
+
+def window_channels(fp: Fingerprint, ct_window: Sequence[float]) -> list[int]:
+    """The channels ``--ct-window`` applies to: those named CT, or the only channel. A window without the median
+    of the labelled voxels would flatten what is to be segmented (e.g. 40/80 on PNGs storing HU + 1024): refused."""
+    names = {int(k): v for k, v in fp.channel_names.items()}
+    chosen = [c for c, n in names.items() if n.upper() == "CT"] or (list(names) if len(names) == 1 else [])
+    if not chosen:
+        raise fail(None, f"--ct-window: no channel is named CT (channels: {', '.join(names.values())})",
+                   "name the CT channel \"CT\" in dataset.json's channel_names (autoseg-convert slices --channel-name CT)")
+    lower, upper = ct_window[0] - ct_window[1] / 2, ct_window[0] + ct_window[1] / 2
+    for c in chosen:
+        stats = fp.intensity[c]
+        if not lower <= stats.median <= upper:
+            raise fail(None, f"--ct-window {ct_window[0]:g} {ct_window[1]:g} is [{lower:g}, {upper:g}], but the labelled "
+                       f"voxels of channel {names[c]} have the median {stats.median:g} (0.5..99.5 percentile "
+                       f"{stats.percentile_00_5:g}..{stats.percentile_99_5:g}): the window would flatten them",
+                       "give the window in the images' own values: for 16-bit PNGs of HU + 1024 convert with "
+                       "--intercept -1024 (or add 1024 to the centre); 8-bit PNGs are windowed already: no --ct-window")
+    return chosen
+
+
+def normalization(fp: Fingerprint, ct_window: Sequence[float] | None = None
+                  ) -> tuple[list[ChannelNormalization], list[str]]:
     """Per channel: ``CT`` -> clip to the fingerprint's 0.5/99.5 percentiles + global z-score; ``noNorm`` ->
-    none; anything else -> per-case z-score, inside the nonzero mask when cropping removes much."""
+    none; anything else -> per-case z-score, inside the nonzero mask when cropping removes much. With
+    ``ct_window`` (centre, width) the channels of :func:`window_channels` are clipped to that fixed window
+    and scaled to [0, 1] instead: the same mapping on every scanner and dataset, as a radiologist's window."""
     rel = fp.median_relative_size_after_crop
     use_mask = rel < MASK_THRESHOLD
     out, words = [], []
+    windowed = window_channels(fp, ct_window) if ct_window is not None else []
     for key in sorted(fp.channel_names, key=int):
         name, stats = fp.channel_names[key], fp.intensity[int(key)]
-        if name.upper() == "CT":
+        if int(key) in windowed:
+            assert ct_window is not None
+            lower, upper = ct_window[0] - ct_window[1] / 2, ct_window[0] + ct_window[1] / 2
+            out.append(ChannelNormalization("ct_window", False, lower=lower, upper=upper))
+            words.append(f"{name}: fixed window {ct_window[0]:g}/{ct_window[1]:g} (--ct-window): clip to "
+                         f"[{lower:g}, {upper:g}], then scale to [0, 1]")
+        elif name.upper() == "CT":
             out.append(ChannelNormalization("ct", False, stats.mean, stats.std, stats.percentile_00_5,
                                             stats.percentile_99_5))
             words.append(f"{name}: clip to [{stats.percentile_00_5:g}, {stats.percentile_99_5:g}], "
@@ -292,9 +329,9 @@ def check_request(vram_gb: float | None, arch: str | None, base_features: int, m
 
 def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vram_source: str,
                  arch: str | None = None, base_features: int = 32, max_features: int = 320,
-                 spacing: Sequence[float] | None = None) -> Plans:
+                 spacing: Sequence[float] | None = None, ct_window: Sequence[float] | None = None) -> Plans:
     """Plan 2d, 3d_fullres and (when needed) 3d_lowres for a dataset on a GPU with ``vram_gb`` GiB; only 2d for
-    a dataset of 2D images (:attr:`DatasetInfo.is_2d`).
+    a dataset of 2D images (:attr:`DatasetInfo.is_2d`). ``ct_window`` (centre, width): see :func:`normalization`.
 
     ``spacing`` (z, y, x mm, or one value for all axes) overrides the target spacing, e.g. a coarse
     spacing for quick CPU training; everything else is still derived from it.
@@ -316,7 +353,8 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
     median = median_shape(shape_spacings, shapes, spacing)
     dataset_voxels = float(np.prod(median)) * fingerprint.num_training
     cin, cout = info.num_channels, info.num_outputs
-    norm, why_norm = normalization(fingerprint)
+    check_options(ct_window)
+    norm, why_norm = normalization(fingerprint, ct_window)
     explanation = [
         f"Planned for {vram_gb:g} GB of GPU memory ({vram_source}); {USABLE_FRACTION:.0%} of it, "
         f"{budget / GIB:.2f} GiB, is the budget for tensors (the rest: CUDA context, cuDNN workspaces, allocator slack).",

@@ -16,8 +16,8 @@ from autoseg.dataset import DatasetInfo, is_os_litter
 from autoseg.errors import AutosegError, fail
 from autoseg.fingerprint import Fingerprint, compute_fingerprint
 from autoseg.paths import DatasetPaths
-from autoseg.planning.planner import (DEFAULT_VRAM_GB, OUTLIER_FACTOR, check_request, detect_vram, outlier_cases,
-                                      plan_dataset)
+from autoseg.planning.planner import (DEFAULT_VRAM_GB, OUTLIER_FACTOR, check_options, check_request, detect_vram,
+                                      outlier_cases, plan_dataset)
 from autoseg.plans import Plans
 from autoseg.verify import verify_dataset
 
@@ -76,7 +76,7 @@ def resolve_vram(vram_gb: float | None) -> tuple[float, str]:
 
 def run_planning(paths: DatasetPaths, vram_gb: float | None = None, arch: str | None = None, base_features: int = 32,
                  max_features: int = 320, workers: int = 2, spacing: Sequence[float] | None = None,
-                 warn: Callable[[str], None] | None = None) -> Plans:
+                 warn: Callable[[str], None] | None = None, ct_window: Sequence[float] | None = None) -> Plans:
     """Verify the raw dataset, fingerprint it, plan for the VRAM and write ``plans.json`` (atomically).
 
     The check and the fingerprint are skipped when the raw files are those they last passed (so
@@ -85,13 +85,14 @@ def run_planning(paths: DatasetPaths, vram_gb: float | None = None, arch: str | 
     the plan follows the median, but such a case may not survive resampling (see :func:`outlier_cases`).
     """
     check_request(vram_gb, arch, base_features, max_features, spacing)
+    check_options(ct_window)
     if current_fingerprint(paths, raw_signature(paths.raw)) is None:  # unchanged files passed the check already
         verify_dataset(paths.raw, workers=workers)
     info = DatasetInfo.load(paths.dataset_json)
     fp, reused = fingerprint_for(paths, workers)
     vram, source = resolve_vram(vram_gb)
     plans = plan_dataset(fp, info, vram, source, arch=arch, base_features=base_features, max_features=max_features,
-                         spacing=spacing)
+                         spacing=spacing, ct_window=ct_window)
     note = ("Fingerprint reused and dataset check skipped: the raw files have not changed since they passed it."
             if reused
             else f"Fingerprint computed from {len(fp.sampled_cases)} sampled of {fp.num_training} case(s).")
