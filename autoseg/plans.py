@@ -26,7 +26,9 @@ class NetworkPlan:
     ``strides[i]`` (stage 0 has stride 1). The decoder mirrors the encoder with transposed convs.
     ``region_head`` (region-based datasets only): ``"softmax"`` over the label patterns, read out as
     nested region logits (:mod:`autoseg.network.regions`), or ``"sigmoid"``, one independent sigmoid per
-    region as nnU-Net; plans written before the field existed are ``"sigmoid"``.
+    region as nnU-Net; plans written before the field existed are ``"sigmoid"``. ``context_slices`` K (2d
+    only, ``autoseg-plan --context-slices``): the K slices on each side of the segmented one are extra input
+    channels, (2K + 1) per image channel (2.5D, :mod:`autoseg.context`); plans.json omits it when 0.
     """
 
     arch: str
@@ -36,6 +38,7 @@ class NetworkPlan:
     n_conv_encoder: list[int]
     n_conv_decoder: list[int]
     region_head: str = "softmax"
+    context_slices: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NetworkPlan:
@@ -113,7 +116,11 @@ class Plans:
         return self.configurations[name]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for c in d["configurations"].values():   # a plan without 2.5D reads as before the field existed
+            if c["network"].get("context_slices") == 0:
+                del c["network"]["context_slices"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str | Path | None = None) -> Plans:

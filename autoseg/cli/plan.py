@@ -33,6 +33,9 @@ def _main(argv: Sequence[str] | None) -> int:
                    metavar=("CENTER", "WIDTH"), help="normalise the CT channel with this fixed window (e.g. 40 80 for "
                    "the brain, in the images' values): clip to CENTER +- WIDTH/2, then scale to [0, 1] (default: "
                    "nnU-Net's CT scheme, clip to the 0.5..99.5 percentiles and z-score)")
+    p.add_argument("--context-slices", type=number(int, "--context-slices 2", low=0), default=0, metavar="K",
+                   help="2.5D: the 2d configuration also sees K slices on each side of the one it segments, as extra "
+                        "input channels (edges repeat the first/last slice); 0 = one slice (default)")
     p.add_argument("-np", "--workers", type=workers_arg(), default=2, metavar="W",
                    help="worker threads for checking and fingerprinting (default: 2)")
     args = p.parse_args(argv)
@@ -43,7 +46,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0
     plans = run_planning(paths, vram_gb=args.vram, arch=args.arch, base_features=args.base_features,
                          max_features=args.max_features, workers=args.workers, spacing=args.spacing,
-                         ct_window=args.ct_window,
+                         ct_window=args.ct_window, context_slices=args.context_slices,
                          warn=lambda line: print(f"autoseg-plan: warning: {line}", file=sys.stderr))
     print(f"{paths.name}: planned for {plans.vram_gb:g} GB ({plans.vram_source})")
     print(summary_table(plans))

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from autoseg.brats import ENHANCING, find_brats_case
 from autoseg.checkpoint import load_checkpoint
+from autoseg.context import stack_context
 from autoseg.dataset import DatasetInfo, check_case_id, is_os_litter
 from autoseg.errors import AutosegError, fail
 from autoseg.inference.sliding_window import (eval_mode, logits_to_probabilities, mirror_combinations,
@@ -266,11 +267,12 @@ class Predictor:
             return run(self.networks[i])
 
     def preprocess(self, images: list[np.ndarray], geometry: Geometry) -> tuple[np.ndarray, Any]:
-        """The case as the networks see it: preprocessed, with ``missing_channels`` set to 0 (their mean)."""
+        """The case as the networks see it: preprocessed, with ``missing_channels`` set to 0 (their mean), and
+        for a 2.5D plan each slice stacked with its neighbours (:func:`autoseg.context.stack_context`)."""
         data, _, props = preprocess_case(images, geometry, self.config, self.info)
         for c in self.missing_channels:
             data[c] = 0
-        return data, props
+        return stack_context(data, self.config.network.context_slices), props
 
     def predict(self, images: list[np.ndarray], geometry: Geometry, progress: bool = False) -> np.ndarray:
         """Probabilities (num_outputs, *original zyx) float32 for raw channels in their own grid."""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from autoseg.context import input_channels
 from autoseg.network.regions import RegionLogits, region_patterns
 from autoseg.network.unet import ARCHS, UNet, check_network_plan
 from autoseg.plans import REGION_HEADS, NetworkPlan
@@ -33,7 +34,8 @@ def network_for_dataset(plan: NetworkPlan, info: DatasetInfo, deep_supervision: 
     membership = None
     if info.region_based and plan.region_head == "softmax":
         membership = region_patterns(info.regions, info.label_values)
-    return build_network(plan, info.num_channels, info.num_outputs, deep_supervision, membership)
+    return build_network(plan, input_channels(info.num_channels, plan.context_slices), info.num_outputs,
+                         deep_supervision, membership)
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from autoseg.context import input_channels
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail
 from autoseg.fingerprint import Fingerprint
@@ -234,8 +235,11 @@ def fit_patch_and_batch(median: Sequence[int], spacing: Sequence[float], budget:
     return _Fit(net, topo.patch_size, batch, memory, sentences)
 
 
-def check_options(ct_window: Sequence[float] | None = None) -> None:
-    """Refuse an impossible ``--ct-window`` before any work is done."""
+def check_options(ct_window: Sequence[float] | None = None, context_slices: int = 0) -> None:
+    """Refuse an impossible ``--ct-window`` or ``--context-slices`` before any work is done."""
+    if not (isinstance(context_slices, int) and context_slices >= 0):
+        raise fail(None, f"--context-slices {context_slices} must be a whole number of at least 0",
+                   "e.g. --context-slices 2 (two slices on each side)")
     if ct_window is not None and (len(ct_window) != 2 or not ct_window[1] > 0):
         raise fail(None, f"--ct-window {' '.join(f'{v:g}' for v in ct_window)} must be a centre and a positive width",
                    "e.g. --ct-window 40 80 for the brain window (HU)")
@@ -329,9 +333,12 @@ def check_request(vram_gb: float | None, arch: str | None, base_features: int, m
 
 def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vram_source: str,
                  arch: str | None = None, base_features: int = 32, max_features: int = 320,
-                 spacing: Sequence[float] | None = None, ct_window: Sequence[float] | None = None) -> Plans:
+                 spacing: Sequence[float] | None = None, ct_window: Sequence[float] | None = None,
+                 context_slices: int = 0) -> Plans:
     """Plan 2d, 3d_fullres and (when needed) 3d_lowres for a dataset on a GPU with ``vram_gb`` GiB; only 2d for
     a dataset of 2D images (:attr:`DatasetInfo.is_2d`). ``ct_window`` (centre, width): see :func:`normalization`.
+    ``context_slices`` K: the 2d network also sees K slices on each side (2.5D), sized for its (2K + 1) x
+    channels of input like any 2d configuration.
 
     ``spacing`` (z, y, x mm, or one value for all axes) overrides the target spacing, e.g. a coarse
     spacing for quick CPU training; everything else is still derived from it.
@@ -353,7 +360,10 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
     median = median_shape(shape_spacings, shapes, spacing)
     dataset_voxels = float(np.prod(median)) * fingerprint.num_training
     cin, cout = info.num_channels, info.num_outputs
-    check_options(ct_window)
+    check_options(ct_window, context_slices)
+    if context_slices and info.is_2d:
+        raise fail(None, f"--context-slices {context_slices}: the cases are 2D images, one slice each",
+                   "leave --context-slices out for 2D images")
     norm, why_norm = normalization(fingerprint, ct_window)
     explanation = [
         f"Planned for {vram_gb:g} GB of GPU memory ({vram_source}); {USABLE_FRACTION:.0%} of it, "
@@ -367,7 +377,14 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
     ]
     configs: dict[str, ConfigurationPlan] = {}
     max_2d = max_features * 8 // 5     # nnU-Net: 512 features in 2d where 3d has 320
-    fit2d = fit_patch_and_batch(median[1:], spacing[1:], budget, preset, cin, cout, base_features, max_2d, dataset_voxels)
+    fit2d = fit_patch_and_batch(median[1:], spacing[1:], budget, preset, input_channels(cin, context_slices), cout,
+                                base_features, max_2d, dataset_voxels)
+    if context_slices:
+        fit2d = replace(fit2d, network=replace(fit2d.network, context_slices=context_slices))
+        explanation.append(
+            f"2d sees {context_slices} slice(s) on each side of the one it segments as extra input channels (2.5D, "
+            f"--context-slices): {input_channels(cin, context_slices)} input channels, the edge slices repeated at "
+            "the volume's ends; patch and batch below are sized for them.")
     configs["2d"] = _configuration("2d", spacing[1:], median[1:], fit2d, norm, batch_dice=True)
     explanation += ["2d (slices along axis 0): " + s for s in fit2d.sentences]
     if info.is_2d:   # one slice per case: a 3d network would only see that slice

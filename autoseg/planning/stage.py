@@ -76,7 +76,8 @@ def resolve_vram(vram_gb: float | None) -> tuple[float, str]:
 
 def run_planning(paths: DatasetPaths, vram_gb: float | None = None, arch: str | None = None, base_features: int = 32,
                  max_features: int = 320, workers: int = 2, spacing: Sequence[float] | None = None,
-                 warn: Callable[[str], None] | None = None, ct_window: Sequence[float] | None = None) -> Plans:
+                 warn: Callable[[str], None] | None = None, ct_window: Sequence[float] | None = None,
+                 context_slices: int = 0) -> Plans:
     """Verify the raw dataset, fingerprint it, plan for the VRAM and write ``plans.json`` (atomically).
 
     The check and the fingerprint are skipped when the raw files are those they last passed (so
@@ -85,14 +86,14 @@ def run_planning(paths: DatasetPaths, vram_gb: float | None = None, arch: str | 
     the plan follows the median, but such a case may not survive resampling (see :func:`outlier_cases`).
     """
     check_request(vram_gb, arch, base_features, max_features, spacing)
-    check_options(ct_window)
+    check_options(ct_window, context_slices)
     if current_fingerprint(paths, raw_signature(paths.raw)) is None:  # unchanged files passed the check already
         verify_dataset(paths.raw, workers=workers)
     info = DatasetInfo.load(paths.dataset_json)
     fp, reused = fingerprint_for(paths, workers)
     vram, source = resolve_vram(vram_gb)
     plans = plan_dataset(fp, info, vram, source, arch=arch, base_features=base_features, max_features=max_features,
-                         spacing=spacing, ct_window=ct_window)
+                         spacing=spacing, ct_window=ct_window, context_slices=context_slices)
     note = ("Fingerprint reused and dataset check skipped: the raw files have not changed since they passed it."
             if reused
             else f"Fingerprint computed from {len(fp.sampled_cases)} sampled of {fp.num_training} case(s).")

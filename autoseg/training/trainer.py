@@ -12,7 +12,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from autoseg.checkpoint import load_checkpoint, save_checkpoint
+from autoseg.context import ContextSlices, expand_channels
 from autoseg.data.augmentation import AugmentationParams, initial_patch_size
 from autoseg.data.loader import Batch, BatchKey, BatchMaker, BatchStream
 from autoseg.data.splits import Split, fold_cases, load_or_create_splits, parse_fold
@@ -88,11 +89,11 @@ def batch_makers(fold: FoldData, options: TrainOptions, dist: ddp.DistInfo) -> d
     """The train (augmented) and val (not augmented) batch makers of this rank."""
     plan = fold.plan
     patch = tuple(plan.patch_size)
-    masked = tuple(i for i, n in enumerate(plan.normalization) if n.use_mask)
+    masked = expand_channels([i for i, n in enumerate(plan.normalization) if n.use_mask], plan.network.context_slices)
     aug = AugmentationParams(patch, tuple(plan.mirror_axes), masked, options.modality_dropout)
     oversample = plan.oversample_foreground if options.oversample is None else options.oversample
     share = ddp.rank_share(plan.batch_size, dist)
-    load = functools.partial(_load_case, fold.config_dir)
+    load = functools.partial(_load_case, fold.config_dir, context=plan.network.context_slices)
 
     def maker(cases: list[str], augment: bool) -> BatchMaker:
         initial = initial_patch_size(patch) if augment else patch
@@ -101,9 +102,11 @@ def batch_makers(fold: FoldData, options: TrainOptions, dist: ddp.DistInfo) -> d
     return {"train": maker(fold.split.train, options.augment), "val": maker(fold.split.val, False)}
 
 
-def _load_case(config_dir: Path, case_id: str):
+def _load_case(config_dir: Path, case_id: str, context: int = 0):
+    """A preprocessed case, memory-mapped; with 2.5D ``context`` its ``data[:, z]`` is slice z with its neighbours."""
     from autoseg.preprocessing import load_case
-    return load_case(config_dir, case_id, mmap=True)
+    case = load_case(config_dir, case_id, mmap=True)
+    return replace(case, data=ContextSlices(case.data, context)) if context else case
 
 
 def build_optimizer(network: nn.Module, options: TrainOptions) -> torch.optim.SGD:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoseg.context import stack_context
 from autoseg.dataset import DatasetInfo
 from autoseg.io import atomic_path, write_json_atomic
 from autoseg.plans import ConfigurationPlan
@@ -32,7 +33,8 @@ def validate_cases(network: nn.Module, case_ids: list[str], load_case: Callable[
     per_case: dict[str, dict[str, dict[str, float]]] = {}
     for case_id in case_ids:
         case = load_case(case_id)
-        data = torch.from_numpy(np.array(case.data, dtype=np.float32))  # a writable copy of the memory map
+        data = np.array(case.data, dtype=np.float32)   # a writable copy of the memory map
+        data = torch.from_numpy(stack_context(data, plan.network.context_slices))   # 2.5D: slices with neighbours
         probs = predict_sliding_window(network, data, plan.patch_size, info.num_outputs, info.region_based,
                                        mirror_axes=plan.mirror_axes, step=0.5, device=device,
                                        compute_dtype=compute_dtype)
