@@ -14,6 +14,17 @@ from pathlib import Path
 from autoseg.errors import fail
 
 DATASET_RE = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")
+DEFAULT_RECIPE = "nnunet"   # autoseg.recipes: the recipe a plain autoseg-train uses
+RECIPE_SEPARATOR = "__"
+
+
+def run_folder_name(configuration: str, recipe: str | None = None) -> str:
+    """The folder under ``results/DATASET/`` of one configuration trained with one recipe: ``RECIPE__CONFIG``,
+    and for the default recipe (or None) the bare ``CONFIG``, where folds trained before recipes existed lie
+    (they were trained with the default recipe), so those and their commands keep working unchanged."""
+    if recipe is None or recipe == DEFAULT_RECIPE:
+        return configuration
+    return f"{recipe}{RECIPE_SEPARATOR}{configuration}"
 
 
 def data_root(override: str | os.PathLike | None = None) -> Path:
@@ -60,8 +71,12 @@ class DatasetPaths:
         """Preprocessed cases of one configuration (``3d_fullres``, ``2d``, ...)."""
         return self.preprocessed / configuration
 
-    def fold_dir(self, configuration: str, fold: int | str) -> Path:
-        return self.results / configuration / (f"fold_{fold}" if str(fold) != "all" else "fold_all")
+    def run_dir(self, configuration: str, recipe: str | None = None) -> Path:
+        """Trained folds of one configuration and recipe (see :func:`run_folder_name`)."""
+        return self.results / run_folder_name(configuration, recipe)
+
+    def fold_dir(self, configuration: str, fold: int | str, recipe: str | None = None) -> Path:
+        return self.run_dir(configuration, recipe) / (f"fold_{fold}" if str(fold) != "all" else "fold_all")
 
     @property
     def dataset_id(self) -> int:

@@ -1,7 +1,9 @@
 """Patch sampling: where each patch of a batch is cut from a preprocessed case.
 
-nnU-Net's rule: in a batch of ``bs``, sample ``j`` is forced to contain foreground iff
-``j >= round(bs * (1 - oversample))`` (bs 2, 0.33 -> one random and one foreground patch). A forced
+nnU-Net's rule (mode "batch"): in a batch of ``bs``, sample ``j`` is forced to contain foreground iff
+``j >= round(bs * (1 - oversample))`` (bs 2, 0.33 -> one random and one foreground patch; at batch 2
+any share from 0.25 to 0.75 gives one of two). Mode "sample" forces each sample independently with
+probability ``oversample``, so the expected share is the share asked for at any batch size. A forced
 patch is centred on a stored foreground voxel of a region drawn at random among those present in
 the case, so small regions such as enhancing tumour are seen as often as large ones. Patches are cut
 at the enlarged *initial* size (room for rotation and scaling) and padded where they leave the
@@ -16,9 +18,20 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-def is_forced_foreground(index: int, batch_size: int, oversample: float) -> bool:
-    """Whether sample ``index`` of a (global) batch must be centred on foreground."""
-    return not index < round(batch_size * (1 - oversample))
+FOREGROUND_MODES = ("batch", "sample")
+
+
+def is_forced_foreground(index: int, batch_size: int, oversample: float, mode: str = "batch",
+                         draw: float | None = None) -> bool:
+    """Whether sample ``index`` of a (global) batch must be centred on foreground: by its place in the batch
+    (mode "batch"), or when ``draw``, uniform in [0, 1) and the sample's own, is below ``oversample`` ("sample")."""
+    if mode == "batch":
+        return not index < round(batch_size * (1 - oversample))
+    if mode == "sample":
+        if draw is None:
+            raise ValueError("mode 'sample' needs the sample's uniform draw")
+        return draw < oversample
+    raise ValueError(f"unknown foreground mode {mode!r}; use one of {', '.join(FOREGROUND_MODES)}")
 
 
 def pick_foreground_voxel(fg_locations: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarray | None:

@@ -1,5 +1,5 @@
-"""Losses: soft Dice + cross-entropy (labels) or soft Dice + BCE on sigmoid outputs (regions),
-and deep supervision over the decoder's outputs.
+"""Losses: soft Dice + cross-entropy (labels) or soft Dice + BCE on sigmoid outputs (regions), or soft
+Dice + focal loss, optionally weighted per region or class, and deep supervision over the decoder's outputs.
 
 Dice follows nnU-Net's memory-efficient soft Dice: smooth 1e-5, background excluded for softmax
 outputs, every region included for sigmoid outputs; ``batch_dice`` sums over the batch (and, under
@@ -23,6 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoseg.dataset import DatasetInfo
+from autoseg.errors import fail
+from autoseg.recipes import LossChoice
+
 SMOOTH = 1e-5
 DICE_FORMS = ("log", "linear")
 
@@ -36,9 +40,10 @@ def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
 
 
 def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, batch_dice: bool, smooth: float = SMOOTH,
-                   form: str = "linear") -> torch.Tensor:
+                   form: str = "linear", weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over channels (and samples unless ``batch_dice``) of 1 - soft Dice, or with ``form="log"``
-    of -log(soft Dice) where the target has the channel. Inputs (b, c, *spatial)."""
+    of -log(soft Dice) where the target has the channel; ``weights`` (c,) make the channel mean a weighted
+    one. Inputs (b, c, *spatial)."""
     axes = tuple(range(2, probs.ndim))
     intersect = (probs * onehot).sum(axes)
     sum_pred = probs.sum(axes)
@@ -46,10 +51,45 @@ def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, batch_dice: bool, 
     if batch_dice:
         intersect, sum_pred, sum_gt = (_sum_over_ranks(t.sum(0)) for t in (intersect, sum_pred, sum_gt))
     dice = (2 * intersect + smooth) / torch.clip(sum_gt + sum_pred + smooth, min=1e-8)
+    if weights is not None:
+        term = 1 - dice if form == "linear" else torch.where(sum_gt > 0, -torch.log(torch.clip(dice, min=1e-8)), 1 - dice)
+        return ((term * weights).sum(-1) / weights.sum()).mean()
     if form == "linear":
         return 1 - dice.mean()
     present = sum_gt > 0
     return torch.where(present, -torch.log(torch.clip(dice, min=1e-8)), 1 - dice).mean()
+
+
+def _channel_view(weights: torch.Tensor, ndim: int) -> torch.Tensor:
+    return weights.view(1, -1, *([1] * (ndim - 2)))
+
+
+def binary_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
+                         gamma: float | None = None) -> torch.Tensor:
+    """Mean binary cross-entropy of independent sigmoid outputs (b, c, *spatial); with ``gamma`` the focal loss
+    ``(1 - p_t) ** gamma * BCE`` (Lin et al. 2017, no alpha); ``weights`` (c,) make the channel mean weighted."""
+    if gamma is None and weights is None:
+        return F.binary_cross_entropy_with_logits(logits, target)
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if gamma is not None:
+        loss = (1 - torch.exp(-loss)) ** gamma * loss
+    if weights is None:
+        return loss.mean()
+    return (loss * _channel_view(weights, loss.ndim)).mean() * (len(weights) / weights.sum())
+
+
+def cross_entropy(logits: torch.Tensor, index: torch.Tensor, weights: torch.Tensor | None = None,
+                  gamma: float | None = None) -> torch.Tensor:
+    """Mean cross-entropy of softmax outputs against class indices (b, *spatial); with ``gamma`` the focal loss;
+    ``weights`` (one per class) give each voxel its class's weight in a weighted mean (as torch's ``weight``)."""
+    if gamma is None:
+        return F.cross_entropy(logits, index, weight=weights)
+    ce = F.cross_entropy(logits, index, reduction="none")
+    loss = (1 - torch.exp(-ce)) ** gamma * ce
+    if weights is None:
+        return loss.mean()
+    w = weights[index]
+    return (loss * w).sum() / w.sum()
 
 
 def _check_form(dice: str) -> str:
@@ -59,43 +99,85 @@ def _check_form(dice: str) -> str:
 
 
 class DiceBCELoss(nn.Module):
-    """Regions: BCE with logits + soft Dice on sigmoid outputs, 1:1. Target (b, R, *spatial) in {0, 1}."""
+    """Regions: BCE (or focal, ``gamma``) with logits + soft Dice on sigmoid outputs, 1:1.
+    Target (b, R, *spatial) in {0, 1}; ``weights`` one per region."""
 
-    def __init__(self, batch_dice: bool, dice: str = "linear") -> None:
+    def __init__(self, batch_dice: bool, dice: str = "linear", weights: Sequence[float] | None = None,
+                 gamma: float | None = None) -> None:
         super().__init__()
         self.batch_dice = batch_dice
         self.dice = _check_form(dice)
+        self.gamma = gamma
+        self.register_buffer("weights", None if weights is None else torch.tensor(weights, dtype=torch.float32),
+                             persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.float()  # no copies when already float32
-        dice = soft_dice_loss(torch.sigmoid(logits), target, self.batch_dice, form=self.dice)
-        return F.binary_cross_entropy_with_logits(logits, target) + dice
+        dice = soft_dice_loss(torch.sigmoid(logits), target, self.batch_dice, form=self.dice, weights=self.weights)
+        return binary_cross_entropy(logits, target, self.weights, self.gamma) + dice
 
 
 class DiceCELoss(nn.Module):
-    """Labels: cross-entropy + soft Dice on softmax outputs without background, 1:1. Target (b, 1, *spatial)."""
+    """Labels: cross-entropy (or focal, ``gamma``) + soft Dice on softmax outputs without background, 1:1.
+    Target (b, 1, *spatial); ``weights`` one per foreground class (background weighs 1 in the cross-entropy)."""
 
-    def __init__(self, batch_dice: bool, dice: str = "linear") -> None:
+    def __init__(self, batch_dice: bool, dice: str = "linear", weights: Sequence[float] | None = None,
+                 gamma: float | None = None) -> None:
         super().__init__()
         self.batch_dice = batch_dice
         self.dice = _check_form(dice)
+        self.gamma = gamma
+        self.register_buffer("weights", None if weights is None else torch.tensor([1.0, *weights], dtype=torch.float32),
+                             persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         idx = target[:, 0].long()
         logits = logits.float()
         probs = torch.softmax(logits, 1)
         onehot = F.one_hot(idx, logits.shape[1]).movedim(-1, 1).float()
-        dice = soft_dice_loss(probs[:, 1:], onehot[:, 1:], self.batch_dice, form=self.dice)
-        return F.cross_entropy(logits, idx) + dice
+        fg_weights = None if self.weights is None else self.weights[1:]
+        dice = soft_dice_loss(probs[:, 1:], onehot[:, 1:], self.batch_dice, form=self.dice, weights=fg_weights)
+        return cross_entropy(logits, idx, self.weights, self.gamma) + dice
 
 
-def segmentation_loss(region_based: bool, batch_dice: bool, dice: str = "log") -> nn.Module:
-    """The loss of a dataset: Dice + BCE on regions, Dice + CE on labels; ``dice`` "log" or "linear" (nnU-Net)."""
-    return DiceBCELoss(batch_dice, dice) if region_based else DiceCELoss(batch_dice, dice)
+def segmentation_loss(region_based: bool, batch_dice: bool, dice: str = "log", weights: Sequence[float] | None = None,
+                      gamma: float | None = None) -> nn.Module:
+    """The loss of a dataset: Dice + BCE on regions, Dice + CE on labels; ``dice`` "log" or "linear" (nnU-Net);
+    ``gamma`` turns the cross-entropy into the focal loss; ``weights`` one per region or foreground class."""
+    cls = DiceBCELoss if region_based else DiceCELoss
+    return cls(batch_dice, dice, weights, gamma)
 
 
-def deep_supervision_weights(n_outputs: int) -> list[float]:
-    """nnU-Net's weights: 1, 1/2, 1/4, ... with the lowest resolution at 0, normalised to sum 1."""
+def recipe_loss(choice: LossChoice, info: DatasetInfo, batch_dice: bool, where: str | None = "the recipe") -> nn.Module:
+    """The loss a recipe names, for a dataset: region or class names in ``choice.weights`` must be the dataset's."""
+    if choice.name == "dice_bce" and not info.region_based:
+        raise fail(where, "loss dice_bce needs a region-based dataset, and this one has labels",
+                   'use "name": "dice_ce" (softmax cross-entropy) or "dice_focal"')
+    names = list(info.foreground_names)
+    unknown = [n for n in choice.weights if n not in names]
+    if unknown:
+        raise fail(where, f"loss.weights names {unknown[0]!r}, which this dataset does not have",
+                   f"use its regions or labels: {', '.join(names)}")
+    weights = [float(choice.weights.get(n, 1.0)) for n in names] if choice.weights else None
+    if weights is not None and not any(weights):
+        raise fail(where, "loss.weights are all 0", "give at least one region or class a weight above 0")
+    gamma = choice.focal_gamma if choice.name == "dice_focal" else None
+    return segmentation_loss(info.region_based, batch_dice, choice.dice, weights, gamma)
+
+
+def deep_supervision_weights(n_outputs: int, mode: str | Sequence[float] = "halving") -> list[float]:
+    """One weight per output, full resolution first. ``"halving"``: nnU-Net's 1, 1/2, 1/4, ... with the lowest
+    resolution at 0, normalised to sum 1; ``"off"``: the full resolution only; a list: as given, 0 for the
+    outputs it does not reach (more weights than outputs is a one-line error)."""
+    if mode == "off":
+        return [1.0] + [0.0] * (n_outputs - 1)
+    if not isinstance(mode, str):
+        if len(mode) > n_outputs:
+            raise fail(None, f"deep_supervision has {len(mode)} weights, but the network has {n_outputs} output(s)",
+                       f"give at most {n_outputs} weights in the recipe, full resolution first")
+        return [float(x) for x in mode] + [0.0] * (n_outputs - len(mode))
+    if mode != "halving":
+        raise ValueError(f"unknown deep supervision {mode!r}")
     w = [1 / 2**i for i in range(n_outputs)]
     if n_outputs > 1:
         w[-1] = 0.0
@@ -136,23 +218,28 @@ def downsample_targets(target: torch.Tensor, sizes: Sequence[Sequence[int]], reg
 
 
 class DeepSupervisionLoss(nn.Module):
-    """Weighted sum of ``loss`` over the outputs (full resolution first), targets downsampled to each.
+    """Weighted sum of ``loss`` over the outputs (full resolution first), targets downsampled to each;
+    ``weights`` as :func:`deep_supervision_weights` takes them.
 
-    A zero weight is still multiplied in, so every head stays in the graph (DistributedDataParallel
-    then needs no ``find_unused_parameters``).
+    An output of weight 0 is not scored but kept in the graph with a zero term, so every head takes part
+    (DistributedDataParallel then needs no ``find_unused_parameters``); its gradient is exactly 0 either way.
     """
 
-    def __init__(self, loss: nn.Module, region_based: bool) -> None:
+    def __init__(self, loss: nn.Module, region_based: bool, weights: str | Sequence[float] = "halving") -> None:
         super().__init__()
         self.loss = loss
         self.region_based = region_based
+        self.weights = weights
 
     def forward(self, outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, torch.Tensor):
             return self.loss(outputs, target)
-        weights = deep_supervision_weights(len(outputs))
-        targets = downsample_targets(target, [out.shape[2:] for out in outputs], self.region_based)
+        weights = deep_supervision_weights(len(outputs), self.weights)
+        scored = [i for i, w in enumerate(weights) if w]
+        targets = downsample_targets(target, [outputs[i].shape[2:] for i in scored], self.region_based)
         total = outputs[0].new_zeros((), dtype=torch.float32)
-        for w, out, t in zip(weights, outputs, targets):
-            total = total + w * self.loss(out, t)
+        for i, t in zip(scored, targets):
+            total = total + weights[i] * self.loss(outputs[i], t)
+        for i in (i for i, w in enumerate(weights) if not w):
+            total = total + 0.0 * outputs[i].float().sum()
         return total
