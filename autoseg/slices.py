@@ -180,6 +180,26 @@ def find_slice_cases(src: Path, images: str, masks: str | None, problems: Proble
     return cases, False
 
 
+def find_image_slices(image_root: Path, problems: ProblemList) -> tuple[list[SliceCase], bool]:
+    """The cases of a folder of patient folders of slices, or of 2D images, without masks (what autoseg-predict
+    reads), and whether they are 2D images; problems with the folder's contents go to ``problems``."""
+    found = _entries(image_root)
+    for p in found.others:
+        problems.add(p, "not a PNG or TIFF image", "convert it to PNG/TIFF or move it out of the folder")
+    if found.folders and found.slices:
+        problems.add(image_root, f"holds both patient folders ({found.folders[0].name}) and single images "
+                     f"({found.slices[0].name})", "predict 2D images and folders of slices separately")
+        return [], False
+    if not found.folders:
+        _check_unique_stems(found.slices, problems)
+        cases = [SliceCase(p.stem, (p,), None) for p in found.slices]
+        check_case_ids({c.case_id: c.images[0] for c in cases}, problems)
+        return cases, True
+    cases = [SliceCase(f.name, tuple(_slice_files(f, problems)), None) for f in found.folders]
+    check_case_ids({c.case_id: image_root / c.case_id for c in cases}, problems)
+    return cases, False
+
+
 def _find_2d(image_root: Path, files: list[Path], mask_root: Path, mask_found: _Entries,
              problems: ProblemList) -> list[SliceCase]:
     """2D cases: each image is a case named after the file; an image without a mask is unlabelled."""
@@ -241,6 +261,11 @@ def _unreadable(path: Path, e: RuntimeError) -> AutosegError:
     return fail(path, f"cannot read this image ({detail})", "re-export it as a grey (or RGB) PNG or TIFF")
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """A grey mask slice as a (y, x) array (RGB with equal channels counts as grey)."""
+    return _read_pixels(path, allow_rgb=False)
+
+
 def labels_from_grey(grey: np.ndarray, mask_values: Sequence[int]) -> np.ndarray:
     """Mask grey values -> labels 0..k: the index of each value in the sorted ``mask_values``."""
     values = np.asarray(mask_values, dtype=np.int64)
@@ -269,7 +294,7 @@ class _Inspection:
     mask_values: set[int] = field(default_factory=set)
 
 
-def _inspect(case: SliceCase, two_d: bool) -> _Inspection:
+def inspect_case(case: SliceCase, two_d: bool) -> _Inspection:
     """Read every slice's header (and the pixels of colour images and of masks): sizes, types, mask values."""
     problems = ProblemList()
     result = _Inspection(problems.items)
@@ -429,7 +454,7 @@ def convert_slices(src: Path, root: Path, dataset_id: int, name: str, spacing_zy
     paths, existing = target_dataset(root, dataset_id, name)
     problems = ProblemList()
     cases, two_d = find_slice_cases(src, images, masks, problems)
-    found = thread_map(partial(_inspect, two_d=two_d), cases, workers, "check")
+    found = thread_map(partial(inspect_case, two_d=two_d), cases, workers, "check")
     for seen in found:
         problems.items.extend(seen.problems)
     num_channels = _check_consistent(cases, found, problems)

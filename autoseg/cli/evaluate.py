@@ -16,6 +16,7 @@ from autoseg.errors import AutosegError, fail, run_cli
 from autoseg.evaluation.calibration import summary_lines
 from autoseg.evaluation.evaluate import EvalCase, brats_info_for, endings_for, evaluate_folder, find_eval_cases
 from autoseg.evaluation.lesions import LesionSettings
+from autoseg.input_forms import nifti_for_evaluation
 from autoseg.io import read_image
 from autoseg.postprocessing import determine_postprocessing
 
@@ -52,9 +53,11 @@ def _main(argv: Sequence[str] | None) -> int:
     p = parser("autoseg-evaluate", "Score CASE.nii.gz predictions against references (CASE.nii.gz or BraTS case "
                "folders): per-case metrics.csv and summary.json (mean, median, std).")
     p.add_argument("-p", "--pred", required=True,
-                   help="folder of predicted CASE.nii.gz (or the dataset's file ending, .nii, .mha, .mhd, .nrrd)")
+                   help="folder of predicted CASE.nii.gz (or the dataset's file ending, .nii, .mha, .mhd, .nrrd), "
+                        "or of PNG/TIFF masks as autoseg-predict writes them for PNG/TIFF input")
     p.add_argument("-r", "--ref", required=True,
-                   help="folder of reference CASE.nii.gz (same endings) or BraTS case folders")
+                   help="folder of reference CASE.nii.gz (same endings), BraTS case folders, or PNG/TIFF masks "
+                        "(PATIENT/001.png ... or CASE.png; grey values as dataset.json's autoseg_mask_values)")
     add_dataset(p)
     p.add_argument("--dataset-json", default=None, help="dataset.json declaring labels/regions (instead of -d)")
     p.add_argument("-o", "--output", default=None, help="folder for metrics.csv and summary.json (default: -p)")
@@ -82,9 +85,10 @@ def _main(argv: Sequence[str] | None) -> int:
     info = resolve_info(args)
     lesions = LesionSettings(args.lesion_dilation, args.lesion_min_volume) if args.lesion_wise else None
     nsd_tolerance = args.nsd_tolerance if args.nsd_tolerance is not None else (1.0 if args.lesion_wise else None)
-    result = evaluate_folder(args.pred, args.ref, info, args.output, args.workers, args.png, args.report,
-                             nsd_tolerance=nsd_tolerance, lesions=lesions, calibration=args.calibration,
-                             uncertainty=args.uncertainty)
+    with nifti_for_evaluation(args.pred, args.ref, info) as (pred, ref):   # PNG/TIFF masks: as label NIfTI
+        result = evaluate_folder(pred, ref, info, args.output or args.pred, args.workers, args.png, args.report,
+                                 nsd_tolerance=nsd_tolerance, lesions=lesions, calibration=args.calibration,
+                                 uncertainty=args.uncertainty)
     for line in result.failed:
         print(f"failed: {line}", file=sys.stderr)
     out = Path(args.output or args.pred)

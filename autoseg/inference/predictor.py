@@ -33,6 +33,7 @@ from autoseg.errors import AutosegError, fail
 from autoseg.inference.sliding_window import (eval_mode, logits_to_probabilities, mirror_combinations,
                                               sliding_window_logits)
 from autoseg.inference.uncertainty import RunningVariance, uncertainty_paths, write_case_uncertainty, write_scores_csv
+from autoseg.input_forms import form_input_cases
 from autoseg.io import Geometry, read_image, save_npz_atomic, write_image
 from autoseg.network import network_for_dataset
 from autoseg.parallel import shard as shard_items
@@ -52,6 +53,7 @@ class InputCase:
     case_id: str
     channels: tuple[Path, ...]
     convention: str | None = None
+    form: Any = None   # PNG/TIFF slices or DICOM series (autoseg.input_forms): ``channels`` are then its files
 
 
 def find_input_cases(folder: str | Path, num_channels: int, file_ending: str = ".nii.gz") -> list[InputCase]:
@@ -84,6 +86,8 @@ def read_input_case(case: InputCase, missing: Sequence[int] = ()) -> tuple[list[
     Channels in ``missing`` are not read (their files may be absent): they come back as zeros, which
     :class:`Predictor` keeps at zero after normalisation."""
     check_case_id(case.case_id, case.channels[0])   # the id names the output file: no '..' or separators
+    if case.form is not None:   # PNG/TIFF slices or DICOM series: read the way their conversion reads them
+        return case.form.read(missing)
     if len(missing) >= len(case.channels):
         raise fail(case.channels[0], "every channel is marked missing", "--missing may name all channels but one")
     images: list[np.ndarray | None] = []
@@ -336,7 +340,8 @@ def _is_done(case: InputCase, out_dir: Path, with_probabilities: bool) -> bool:
     """Whether the case's outputs exist; os.path.isfile, not Path.is_file, because a name too long for the
     file system must make this case fail when it is written (one line), not stop every case here."""
     seg, npz = output_paths(out_dir, case.case_id)
-    return os.path.isfile(seg) and (os.path.isfile(npz) or not with_probabilities)
+    written = case.form.done(out_dir) if case.form is not None and case.form.writes_output else os.path.isfile(seg)
+    return written and (os.path.isfile(npz) or not with_probabilities)
 
 
 def _prefetch(cases: list[InputCase], missing: Sequence[int] = ()) -> Iterator[tuple[InputCase, Future]]:
@@ -355,7 +360,8 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
                    uncertainty: bool = False) -> PredictionReport:
     """Predict every case of ``input_dir`` (its ``shard``) into ``output_dir``; see the module docstring."""
     out_dir = Path(output_dir)
-    cases = find_input_cases(input_dir, predictor.info.num_channels, predictor.info.file_ending)
+    cases = (form_input_cases(input_dir, predictor.info)
+             or find_input_cases(input_dir, predictor.info.num_channels, predictor.info.file_ending))
     cases = shard_items(cases, *shard, key=lambda c: c.case_id)
     report = PredictionReport()
     try:   # before any work: an output folder that cannot exist fails now, not after every case is predicted
@@ -409,10 +415,14 @@ def _export(case: InputCase, probs: np.ndarray, geometry: Geometry, info: Datase
     if save_probs:
         save_probabilities(npz_path, probs, geometry, info, case.convention)
     seg = segmentation_from_probabilities(probs, info, case.convention, postprocessing)
-    write_image(seg_path, seg, geometry)
+    if case.form is not None and case.form.writes_output:   # PNG/TIFF in, PNG/TIFF out: names, sizes, grey values
+        case.form.write(seg, out_dir)
+    else:
+        write_image(seg_path, seg, geometry)
     if variance is not None:
         write_case_uncertainty(out_dir, case.case_id, probs, variance, members, seg, geometry, info,
                                output_label_map(info, case.convention))
     if image is not None:
         from autoseg.visualize import save_overlay_png
-        save_overlay_png(image, seg, out_dir / f"{case.case_id}.png", title=case.case_id)
+        overlays = out_dir / "overlays" if case.form is not None else out_dir   # 2D PNG outputs are CASE.png
+        save_overlay_png(image, seg, overlays / f"{case.case_id}.png", title=case.case_id)
