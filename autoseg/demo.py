@@ -155,14 +155,15 @@ def preprocess(paths: DatasetPaths, workers: int) -> list[str]:
     return preprocess_dataset(paths, CONFIGURATION, workers)
 
 
-def train(paths: DatasetPaths, opts: DemoOptions) -> Path:
-    """Train fold 0 for the settings' fixed number of epochs, then validate it, as autoseg-train does."""
+def train(paths: DatasetPaths, opts: DemoOptions, configuration: str = CONFIGURATION) -> Path:
+    """Train fold 0 for the settings' fixed number of epochs, then validate it, as autoseg-train does (also
+    for the stroke CT demo, whose options have the same fields)."""
     from autoseg.training import TrainOptions, train_fold
 
     s = opts.settings
     options = TrainOptions(epochs=s.epochs, iters_per_epoch=s.iters_per_epoch, val_iters=s.val_iters, device="cpu",
                            workers=opts.workers, seed=opts.seed, precision=opts.precision)
-    return train_fold(paths, CONFIGURATION, FOLD, options)
+    return train_fold(paths, configuration, FOLD, options)
 
 
 def predict(paths: DatasetPaths, out: Path) -> Path:

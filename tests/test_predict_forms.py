@@ -116,9 +116,15 @@ def test_png_folders_and_2d_images_predict_to_png_in_the_inputs_form(tmp_path: P
     paths = convert_slices(src, tmp_path / "home", 53, "Stroke", spacing_zyx=SPACING, channel_name="CT", workers=1)
     info = DatasetInfo.load(paths.dataset_json)
     predictor = _predictor(info, two_d=True, norm=ChannelNormalization("zscore"))
+    bad = src / "images" / "patient_009"          # slices of two sizes: that patient fails in one line
+    shutil.copytree(src / "images" / "patient_001", bad)
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((36, 40), np.uint8)), str(bad / "003.png"))
     out = tmp_path / "pred"
     report = predict_folder(predictor, src / "images", out, progress=False)
-    assert report.written == ["patient_001", "patient_002"] and not report.failed
+    assert report.written == ["patient_001", "patient_002"] and len(report.failed) == 1
+    assert report.failed[0].startswith("patient_009: ") and "003.png: slice is 40x36 pixels" in report.failed[0]
+    assert "\n" not in report.failed[0] and not (out / "patient_009").exists()
+    shutil.rmtree(bad)
     for folder in sorted((src / "images").iterdir()):
         written = sorted((out / folder.name).iterdir())
         assert [p.name for p in written] == [p.name for p in sorted(folder.iterdir())]

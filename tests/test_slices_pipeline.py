@@ -87,3 +87,59 @@ def test_2d_images_plan_only_2d_and_train_predict_evaluate(tmp_path: Path, capsy
     assert e.value.code in (0, None)
     summary = read_json(out / "summary.json")
     assert summary["num_cases"] == 2 and "foreground" in summary["mean"]
+
+
+@pytest.mark.slow
+def test_png_patient_folders_through_the_whole_path_with_context_and_window(tmp_path: Path, capsys) -> None:
+    """The issue's done-when chain, command by command, on 16-bit PNG patient folders written here."""
+    from autoseg.cli.convert import main as convert_main
+    from autoseg.synthetic_ct import write_png_patients
+
+    src = tmp_path / "data"
+    write_png_patients(src, n=4, shape=(8, 40, 40), seed=7, bits=16)
+    home = tmp_path / "home"
+    common = ["-d", "22", "--home", str(home)]
+
+    def run(main, args: list[str]) -> None:
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code in (0, None), capsys.readouterr().err[-2000:]
+
+    run(convert_main, ["slices", str(src), "-d", "22", "--name", "Stroke", "--spacing", "5", "0.5", "0.5",
+                       "--channel-name", "CT", "--intercept", "-1024", "--home", str(home), "-np", "1"])
+    run(plan_main, [*common, *TINY_PLAN, "--ct-window", "40", "80", "--context-slices", "2", "-np", "1"])
+    paths = DatasetPaths(home, "Dataset022_Stroke")
+    plans = read_json(paths.plans_json)
+    assert plans["configurations"]["2d"]["network"]["context_slices"] == 2
+    assert plans["configurations"]["2d"]["normalization"][0]["scheme"] == "ct_window"
+    run(preprocess_main, [*common, "-c", "2d", "-np", "1"])
+    run(train_main, ["2d", "fold0", *common, *TINY_TRAIN])
+    out = tmp_path / "out"
+    run(predict_main, ["-i", str(src / "images"), "-o", str(out), *common, "-c", "2d", "--no-tta"])
+    for folder in sorted((src / "images").iterdir()):
+        written = sorted((out / folder.name).iterdir())
+        assert [p.name for p in written] == [p.name for p in sorted(folder.iterdir())]
+        for p in written:
+            mask = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+            assert mask.shape == (40, 40) and set(np.unique(mask)) <= {0, 255}
+    run(evaluate_main, ["-p", str(out), "-r", str(src / "masks"), *common])
+    summary = read_json(out / "summary.json")
+    assert summary["num_cases"] == 4 and 0.0 <= summary["mean"]["foreground"]["dice"] <= 1.0
+
+
+@pytest.mark.slow
+def test_stroke_ct_demo_quick_runs_the_path_and_prints_lesion_dice(tmp_path: Path, capsys) -> None:
+    from autoseg.cli.demo import main as demo_main
+
+    with pytest.raises(SystemExit) as e:
+        demo_main(["--task", "stroke-ct", "--quick", "--home", str(tmp_path / "home"), "-np", "1",
+                   "--precision", "fp32", "--threads", "1"])
+    assert e.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "lesion" in printed and "demo finished" in printed
+    out = tmp_path / "home" / "demo_stroke"
+    assert sorted(p.name for p in (out / "predictions").iterdir() if p.is_dir()) == ["patient_005", "patient_006"]
+    assert len(list((out / "predictions" / "patient_005").glob("*.png"))) == 12
+    assert (out / "overlays" / "patient_005.png").is_file() and (out / "report.html").is_file()
+    plans = read_json(tmp_path / "home" / "preprocessed" / "Dataset998_DemoStrokeCT" / "plans.json")
+    assert plans["configurations"]["2d"]["network"]["context_slices"] == 2
