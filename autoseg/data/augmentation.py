@@ -19,7 +19,9 @@ are its own); the arithmetic runs in torch, as nnU-Net v2's batchgeneratorsv2 do
 batchgenerators v1 interpolated with order-3 splines through ``scipy.ndimage`` and resized with
 scikit-image, about 5x slower per batch on a CPU. Every random draw comes from one NumPy generator
 seeded per sample, and the arithmetic runs on one thread (reductions do not depend on the thread
-count), so a sample is a pure function of its seed whatever the number of workers.
+count), so a sample is a pure function of its seed whatever the number of workers. The draws
+(:func:`draw_spatial`, :func:`draw_intensity`) are separate from their application, so that
+``autoseg.data.device_augmentation`` applies the very same draws batched on the training device.
 """
 
 from __future__ import annotations
@@ -151,6 +153,59 @@ def _gamma(x: torch.Tensor, gamma: float, invert: bool) -> torch.Tensor:
     return -x if invert else x
 
 
+def draw_spatial(patch_size: Sequence[int], rng: np.random.Generator) -> np.ndarray | None:
+    """Rotation (p 0.2, every axis) and isotropic scaling (p 0.2) as one matrix, or None for a plain crop.
+    A patch point p (row vector, centred) samples the initial patch at p @ matrix + centre."""
+    dim = len(patch_size)
+    angle = rotation_range(patch_size)
+    matrix, modified = np.identity(dim), False
+    if rng.random() < 0.2:
+        if dim == 3:
+            ax, ay, az = rng.uniform(-angle, angle, 3)
+            matrix = create_matrix_rotation_z_3d(az, create_matrix_rotation_y_3d(ay, create_matrix_rotation_x_3d(ax, matrix)))
+        else:
+            matrix = create_matrix_rotation_2d(rng.uniform(-angle, angle))
+        modified = True
+    if rng.random() < 0.2:
+        matrix = matrix * _draw_factor(rng, *SCALE_RANGE)
+        modified = True
+    return matrix if modified else None
+
+
+@dataclass(frozen=True)
+class IntensityDraws:
+    """The random choices of one sample after the spatial transform, in the order they are applied."""
+
+    noise: tuple[float, int] | None                    # standard deviation, seed of the torch noise generator
+    blur: tuple[tuple[int, float], ...]                # (channel, sigma)
+    brightness: tuple[float, ...] | None               # factor per channel
+    contrast: tuple[float, ...] | None                 # factor per channel
+    low_res: tuple[tuple[int, float], ...]             # (channel, zoom)
+    gamma: tuple[tuple[bool, tuple[float, ...]], ...]  # (inverted, gamma per channel): inverted first
+    flips: tuple[int, ...]                             # spatial axes mirrored
+    dropped: tuple[int, ...]                           # channels zeroed by modality dropout
+
+
+def draw_intensity(rng: np.random.Generator, n_channels: int, params: AugmentationParams) -> IntensityDraws:
+    """Draw noise (p 0.1), blur (p 0.2, each channel p 0.5), brightness (p 0.15), contrast (p 0.15), low
+    resolution (p 0.25, each channel p 0.5), inverted gamma (p 0.1), gamma (p 0.3), mirroring (p 0.5 per
+    axis) and modality dropout, in batchgenerators' order and with its ranges."""
+    channels = range(n_channels)
+    noise = (float(rng.uniform(0, 0.1)), int(rng.integers(2**62))) if rng.random() < 0.1 else None
+    blur = tuple((c, float(rng.uniform(0.5, 1.0))) for c in channels if rng.random() < 0.5) \
+        if rng.random() < 0.2 else ()
+    brightness = tuple(float(rng.uniform(0.75, 1.25)) for _ in channels) if rng.random() < 0.15 else None
+    contrast = tuple(_draw_factor(rng, 0.75, 1.25) for _ in channels) if rng.random() < 0.15 else None
+    low_res = tuple((c, float(rng.uniform(0.5, 1))) for c in channels if rng.random() < 0.5) \
+        if rng.random() < 0.25 else ()
+    gamma = tuple((invert, tuple(_draw_factor(rng, 0.7, 1.5) for _ in channels))
+                  for invert, p in ((True, 0.1), (False, 0.3)) if rng.random() < p)
+    flips = tuple(a for a in params.mirror_axes if rng.random() < 0.5)
+    # modality dropout draws only when on: the default stream is unchanged
+    dropped = tuple(dropped_channels(rng, n_channels, params.modality_dropout)) if params.modality_dropout > 0 else ()
+    return IntensityDraws(noise, blur, brightness, contrast, low_res, gamma, flips, dropped)
+
+
 class Augmenter:
     """The per-sample pipeline: ``Augmenter(params, train=True)(crop, initial_shape, seed)``."""
 
@@ -164,7 +219,7 @@ class Augmenter:
         rng = np.random.default_rng(seed)
         patch, initial = np.asarray(self.params.patch_size), np.asarray(initial)
         with one_thread():
-            matrix = self._spatial_matrix(rng) if self.train else None
+            matrix = draw_spatial(self.params.patch_size, rng) if self.train else None
             if matrix is None:
                 data, seg = crop((initial - patch) // 2, patch)  # batchgenerators' centre crop
                 d, s = torch.from_numpy(data), torch.from_numpy(seg)
@@ -172,11 +227,11 @@ class Augmenter:
                 d, s = self._resample(crop, initial, matrix)
             flips: list[int] = []
             if self.train:
-                d = self._intensity(d, rng)
-                flips = [a + 1 for a in self.params.mirror_axes if rng.random() < 0.5]
-                if self.params.modality_dropout > 0:  # draws only when on: the default stream is unchanged
-                    for c in dropped_channels(rng, d.shape[0], self.params.modality_dropout):
-                        d[c].zero_()
+                draws = draw_intensity(rng, d.shape[0], self.params)
+                d = self._intensity(d, draws)
+                flips = [a + 1 for a in draws.flips]
+                for c in draws.dropped:
+                    d[c].zero_()
             outside = s[0] < 0
             for c in self.params.masked_channels:
                 d[c].masked_fill_(outside, 0)
@@ -185,24 +240,6 @@ class Augmenter:
             return np.flip(d.numpy(), flips), np.flip(s.numpy(), flips)
 
     # ---- spatial ----------------------------------------------------------------------------
-    def _spatial_matrix(self, rng: np.random.Generator) -> np.ndarray | None:
-        """Rotation (p 0.2, every axis) and isotropic scaling (p 0.2), or None for a plain crop.
-        A patch point p (row vector, centred) samples the initial patch at p @ matrix + centre."""
-        dim = len(self.params.patch_size)
-        angle = rotation_range(self.params.patch_size)
-        matrix, modified = np.identity(dim), False
-        if rng.random() < 0.2:
-            if dim == 3:
-                ax, ay, az = rng.uniform(-angle, angle, 3)
-                matrix = create_matrix_rotation_z_3d(az, create_matrix_rotation_y_3d(ay, create_matrix_rotation_x_3d(ax, matrix)))
-            else:
-                matrix = create_matrix_rotation_2d(rng.uniform(-angle, angle))
-            modified = True
-        if rng.random() < 0.2:
-            matrix = matrix * _draw_factor(rng, *SCALE_RANGE)
-            modified = True
-        return matrix if modified else None
-
     def _resample(self, crop: CropFn, initial: np.ndarray, matrix: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         patch = np.asarray(self.params.patch_size)
         dim = len(patch)
@@ -229,33 +266,25 @@ class Augmenter:
         return d, s.sub_(1).to(torch.int8)
 
     # ---- intensity --------------------------------------------------------------------------
-    def _intensity(self, d: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        channels = range(d.shape[0])
-        if rng.random() < 0.1:  # Gaussian noise, one standard deviation for all channels
-            std = float(rng.uniform(0, 0.1))
-            g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    @staticmethod
+    def _intensity(d: torch.Tensor, draws: IntensityDraws) -> torch.Tensor:
+        if draws.noise is not None:  # Gaussian noise, one standard deviation for all channels
+            std, seed = draws.noise
+            g = torch.Generator().manual_seed(seed)
             d.add_(torch.randn(d.shape, generator=g).mul_(std))
-        if rng.random() < 0.2:  # Gaussian blur, each channel with p 0.5 and its own sigma
-            for c in channels:
-                if rng.random() < 0.5:
-                    d[c] = _gaussian_blur(d[c], float(rng.uniform(0.5, 1.0)))
-        if rng.random() < 0.15:  # multiplicative brightness per channel
-            for c in channels:
-                d[c].mul_(float(rng.uniform(0.75, 1.25)))
-        if rng.random() < 0.15:  # contrast per channel, range preserved
-            for c in channels:
-                factor = _draw_factor(rng, 0.75, 1.25)
-                x = d[c]
-                mn, lo, hi = x.mean(), x.min(), x.max()
-                x.sub_(mn).mul_(factor).add_(mn).clamp_(lo, hi)
-        if rng.random() < 0.25:  # low resolution, each channel with p 0.5
-            for c in channels:
-                if rng.random() < 0.5:
-                    d[c] = _simulate_low_resolution(d[c], float(rng.uniform(0.5, 1)))
-        for invert, p in ((True, 0.1), (False, 0.3)):
-            if rng.random() < p:
-                for c in channels:
-                    d[c] = _gamma(d[c], _draw_factor(rng, 0.7, 1.5), invert)
+        for c, sigma in draws.blur:  # Gaussian blur, each channel its own sigma
+            d[c] = _gaussian_blur(d[c], sigma)
+        for c, factor in enumerate(draws.brightness or ()):  # multiplicative brightness per channel
+            d[c].mul_(factor)
+        for c, factor in enumerate(draws.contrast or ()):  # contrast per channel, range preserved
+            x = d[c]
+            mn, lo, hi = x.mean(), x.min(), x.max()
+            x.sub_(mn).mul_(factor).add_(mn).clamp_(lo, hi)
+        for c, zoom in draws.low_res:  # simulated low resolution
+            d[c] = _simulate_low_resolution(d[c], zoom)
+        for invert, gammas in draws.gamma:
+            for c, gamma in enumerate(gammas):
+                d[c] = _gamma(d[c], gamma, invert)
         return d
 
 
