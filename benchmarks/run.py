@@ -1,6 +1,7 @@
 """Side-by-side benchmark: autoseg against nnU-Net v2 2.8.1 on the same full-size BraTS cases.
 
     python benchmarks/run.py --against nnunet [--repeats 3] [--stages a,b] [--quick] [--note TEXT]
+    python benchmarks/run.py --against nnunet --dry-run   # tiny synthetic data and plan, train_loop stages, seconds
 
 Every measurement runs in a fresh subprocess per tool (benchmarks/stages/{autoseg,nnunet}_stages.py),
 one at a time, with the same thread settings. A runner prints its own timing of the work (imports and
@@ -24,9 +25,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "stages"))
+import _common  # noqa: E402
+
 REPO = HERE.parent
 WORK = HERE / "work"
-NNUNET_PY = HERE / ".venv-nnunet" / "bin" / "python"
+NNUNET_PY = Path(os.environ.get("NNUNET_PYTHON", HERE / ".venv-nnunet" / "bin" / "python"))
 BRATS = Path(os.environ.get("AUTOSEG_BRATS_DIR", "/work/shared/data/brats/labelled"))
 DOC = REPO / "docs" / "performance.md"
 BEGIN, END = "<!-- BEGIN benchmarks/run.py -->", "<!-- END benchmarks/run.py -->"
@@ -56,19 +60,37 @@ STAGES = [
     Stage("inference", "sliding-window inference, 1 full-size case, no TTA", "seconds", "s/case", False, 2.0),
     Stage("inference_tta", "sliding-window inference, 1 full-size case, 8-fold mirror TTA", "seconds", "s/case",
           False, 2.0),
+    # end-to-end: two epochs of --iters iterations of each tool's own loop (loader + augmentation + step + logging)
+    Stage("train_loop", "end-to-end training (own loader, augmentation, step, logging), default plan 2x4x128^3, "
+          "each tool's default precision", "iters_per_s", "it/s", True, 1.0, ("--plan", "default", "--iters", "3")),
+    Stage("train_loop_fp32", "the same loop, fp32 in both", "iters_per_s", "it/s", True, 1.0,
+          ("--plan", "default", "--iters", "3")),
+    Stage("train_loop_coarse", "end-to-end training, coarse plan (3 mm, 2x4x48x64x48, 4 stages 32..256), each tool's "
+          "default precision", "iters_per_s", "it/s", True, 1.0, ("--plan", "coarse", "--iters", "30")),
+    Stage("train_loop_coarse_fp32", "the same coarse loop, fp32 in both", "iters_per_s", "it/s", True, 1.0,
+          ("--plan", "coarse", "--iters", "30")),
 ]
+DRY_RUN_ARGS = ["--plan", "tiny", "--iters", "2"]  # after a stage's own arguments: the last --plan wins
 TOOLS = ("autoseg", "nnunet")
 
 
 # ---------------------------------------------------------------------------------------------- setup
 
-def prepare_data() -> None:
-    """The raw dataset both tools read: autoseg's conversion of the labelled BraTS cases (byte copies)."""
+def prepare_data(work: Path, dry_run: bool = False) -> None:
+    """The raw dataset both tools read: autoseg's conversion of the labelled BraTS cases (byte copies), or
+    for a dry run three tiny synthetic cases."""
+    if dry_run:
+        from autoseg.synthetic import write_raw_dataset
+
+        raw = work / "autoseg" / "raw" / _common.DATASET_NAME
+        if not (raw / "dataset.json").is_file():
+            write_raw_dataset(raw, n_train=3, shape=(24, 28, 24), seed=0, name="BraTSBench")
+        return
     from autoseg.convert import convert_brats
 
     if not BRATS.is_dir():
         sys.exit(f"{BRATS}: BraTS cases not found (set AUTOSEG_BRATS_DIR)")
-    convert_brats(BRATS, WORK / "autoseg", 900, "BraTSBench", workers=1)
+    convert_brats(BRATS, work / "autoseg", 900, "BraTSBench", workers=1)
 
 
 def ensure_nnunet() -> None:
@@ -77,36 +99,16 @@ def ensure_nnunet() -> None:
 
 # ---------------------------------------------------------------------------------------------- measuring
 
-def _tree_rss_bytes(root: int) -> int:
-    """Sum of RSS over ``root`` and its descendants (an upper bound: shared pages count once per process)."""
-    parent: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            parent[int(d)] = int(fields[1])
-            rss[int(d)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            continue
-    tree, frontier = {root}, [root]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
-        tree.update(kids)
-        frontier.extend(kids)
-    return sum(rss.get(p, 0) for p in tree)
-
-
-def run_one(tool: str, stage: Stage, extra: list[str]) -> dict:
+def run_one(tool: str, stage: Stage, extra: list[str], work: Path = WORK) -> dict:
     """One fresh subprocess: its result line, wall time, peak RSS of its largest process (wait4)
     and the sampled peak of the summed RSS of its process tree."""
     py = sys.executable if tool == "autoseg" else str(NNUNET_PY)
-    cmd = [py, str(HERE / "stages" / f"{tool}_stages.py"), stage.name, "--work", str(WORK), *stage.args, *extra]
+    if not Path(py).is_file():
+        return {"tool": tool, "stage": stage.name, "missing": f"{tool}: no {py} (bash benchmarks/setup_nnunet.sh)",
+                "peak_rss_gb": None, "peak_tree_rss_gb": None, "load_before": os.getloadavg()[0]}
+    cmd = [py, str(HERE / "stages" / f"{tool}_stages.py"), stage.name, "--work", str(work), *stage.args, *extra]
     env = {**os.environ, **ENV}
-    log = WORK / "logs" / f"{tool}_{stage.name}_{time.strftime('%H%M%S')}.log"
+    log = work / "logs" / f"{tool}_{stage.name}_{time.strftime('%H%M%S')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -117,7 +119,7 @@ def run_one(tool: str, stage: Stage, extra: list[str]) -> dict:
 
         def sample() -> None:
             while not done.wait(0.25):
-                peak_tree[0] = max(peak_tree[0], _tree_rss_bytes(proc.pid))
+                peak_tree[0] = max(peak_tree[0], _common.tree_rss_bytes(proc.pid))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -133,32 +135,35 @@ def run_one(tool: str, stage: Stage, extra: list[str]) -> dict:
         tail = " | ".join(text.strip().splitlines()[-3:])
         result = {"error": f"exit {proc.returncode}: {tail[-300:]}"}
     result.update(tool=tool, stage=stage.name, wall_s=wall, peak_rss_gb=usage.ru_maxrss / 2**20,
-                  peak_tree_rss_gb=peak_tree[0] / 2**30, load_before=load_before, log=str(log.relative_to(REPO)))
+                  peak_tree_rss_gb=peak_tree[0] / 2**30, load_before=load_before, log=str(log))
     return result
 
 
-SLOW = ("train_step", "train_step_fp32", "inference_tta")  # about a minute (train step) or 7 minutes (nnU-Net TTA) per run
+# about a minute (train step), 7 minutes (nnU-Net TTA) or 3 minutes (default-plan training loop) per run
+SLOW = ("train_step", "train_step_fp32", "inference_tta", "train_loop", "train_loop_fp32")
 
 
-def measure(stages: list[Stage], repeats: int, slow_repeats: int, quick: bool, after_stage) -> list[dict]:
+def measure(stages: list[Stage], repeats: int, slow_repeats: int, quick: bool, after_stage, work: Path = WORK,
+            dry_run: bool = False) -> list[dict]:
     """Run the stages; ``after_stage(results)`` is called after each, so a cut-short run still reports."""
     results: list[dict] = []
     for stage in stages:
         n = slow_repeats if stage.name in SLOW else repeats
         extra = ["--batches", "8", "--warmup", "4"] if quick and stage.name == "dataloader" else []
+        extra += DRY_RUN_ARGS if dry_run else []
         failed: set[str] = set()  # a tool whose stage is missing or broken is not retried
         for r in range(n):
             # alternate which tool goes first, so a slow spell of the shared machine hits both
             for tool in (TOOLS if r % 2 == 0 else TOOLS[::-1]):
                 if tool in failed:
                     continue
-                res = run_one(tool, stage, extra)
+                res = run_one(tool, stage, extra, work)
                 results.append(res)
                 problem = res.get("error") or res.get("missing")
                 if problem:
                     failed.add(tool)
                 shown = problem or f"{res[stage.metric]:.3g} {stage.unit}"
-                print(f"[{stage.name} {r + 1}/{n}] {tool}: {shown}, peak RSS {res['peak_rss_gb']:.2f} GB",
+                print(f"[{stage.name} {r + 1}/{n}] {tool}: {shown}, peak RSS {_fmt(res['peak_rss_gb'], ' GB')}",
                       flush=True)
         after_stage(results)
     return results
@@ -174,7 +179,8 @@ def machine() -> dict:
     import torch
 
     return {"cpu": model, "cores": os.cpu_count(), "ram_gb": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "torch": torch.__version__}
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_features": _common.describe_cpu_features(_common.cpu_features())}
 
 
 def _median(rows: list[dict], key: str) -> float | None:
@@ -220,8 +226,8 @@ def report(stages: list[Stage], results: list[dict], args: argparse.Namespace, s
     out = [
         f"Generated by `{cmd}` on {started:%Y-%m-%d %H:%M} UTC (commit {commit}).",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, CPU only; Python {m['python']}, "
-        f"torch {m['torch']} (both tools). Threads: OMP_NUM_THREADS={THREADS}, torch threads {THREADS}, "
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, CPU only; CPU features: "
+        f"{m['cpu_features']}; Python {m['python']}, torch {m['torch']} (both tools). Threads: OMP_NUM_THREADS={THREADS}, torch threads {THREADS}, "
         f"nnUNet_n_proc_DA={THREADS}, nnUNet_def_n_proc={THREADS}.",
         f"1-minute load average before each measurement: median {_fmt(statistics.median(loads), digits=2)}, "
         f"max {_fmt(max(loads), digits=2)} (above {m['cores']} means other work shared the cores)."
@@ -233,12 +239,7 @@ def report(stages: list[Stage], results: list[dict], args: argparse.Namespace, s
         "",
         *table(stages, results),
         "",
-        "| GPU (H100) | autoseg | nnU-Net v2 |",
-        "|---|---|---|",
-        "| training it/s, default BraTS plan | not measured: no GPU lent in this session "
-        "| not measured: no GPU lent in this session |",
-        "| inference s/case, default BraTS plan | not measured: no GPU lent in this session "
-        "| not measured: no GPU lent in this session |",
+        "GPU rows: section \"GPU\" below (`bash benchmarks/gpu.sh` on a GPU machine).",
         "",
         "Peak summed RSS of each measurement's process tree (sampled every 0.25 s; shared pages count once per "
         "process, so an upper bound), what each planner chose for 3d_fullres on this dataset, and the inference "
@@ -253,7 +254,10 @@ def report(stages: list[Stage], results: list[dict], args: argparse.Namespace, s
           for s in stages if s.name == "fingerprint_plan"),
         *(f"| {s.name} precision | {next((r['precision'] for r in by(s, 'autoseg') if 'precision' in r), '-')} "
           f"| {next((r['precision'] for r in by(s, 'nnunet') if 'precision' in r), '-')} |"
-          for s in stages if s.name.startswith(("inference", "train_step"))),
+          for s in stages if s.name.startswith(("inference", "train_step", "train_loop"))),
+        *(f"| {s.name} CPU use (process CPU time / wall, workers included) "
+          f"| {_fmt(_median(by(s, 'autoseg'), 'cpu_use'), digits=2)} "
+          f"| {_fmt(_median(by(s, 'nnunet'), 'cpu_use'), digits=2)} |" for s in stages if s.name.startswith("train_loop")),
     ]
     return "\n".join(out)
 
@@ -283,7 +287,17 @@ def main() -> None:
                    help="an earlier results-*.json whose stages not run now go into the table too "
                         "(re-read at every save, so it may belong to an invocation still running)")
     p.add_argument("--no-doc", action="store_true", help="print the table, leave docs/performance.md alone")
+    p.add_argument("--dry-run", action="store_true",
+                   help="tiny synthetic cases and plan, 2 iterations per epoch, 1 run, the train_loop stages unless "
+                        "--stages says otherwise; nnU-Net only if its venv exists; implies --no-doc")
+    p.add_argument("--work", type=Path, default=WORK,
+                   help="data, logs and raw results (default benchmarks/work; a dry run's: benchmarks/work/dry-run)")
     args = p.parse_args()
+    if args.dry_run:
+        args.no_doc, args.repeats, args.slow_repeats = True, 1, 1
+        args.work = args.work / "dry-run" if args.work == WORK else args.work   # never beside the real cases
+        if "--stages" not in " ".join(sys.argv):
+            args.stages = ",".join(s.name for s in STAGES if s.name.startswith("train_loop"))
     names = args.stages.split(",")
     unknown = set(names) - {s.name for s in STAGES}
     if unknown:
@@ -295,9 +309,10 @@ def main() -> None:
     stages = [s for s in STAGES if s.name in names]
 
     started = datetime.now(timezone.utc)
-    prepare_data()
-    ensure_nnunet()
-    out = WORK / f"results-{started:%Y%m%dT%H%M%S}.json"
+    prepare_data(args.work, args.dry_run)
+    if not args.dry_run:
+        ensure_nnunet()
+    out = args.work / f"results-{started:%Y%m%dT%H%M%S}.json"
 
     def kept() -> list[dict]:
         """--keep's other stages, re-read at every save: an invocation still running on that file
@@ -311,10 +326,9 @@ def main() -> None:
         if not args.no_doc:
             write_doc(report(done, results, args, started))
 
-    results = kept() + measure(stages, args.repeats, args.slow_repeats, args.quick, save)
+    results = kept() + measure(stages, args.repeats, args.slow_repeats, args.quick, save, args.work, args.dry_run)
     print(report([s for s in STAGES if any(r["stage"] == s.name for r in results)], results, args, started))
-    if not args.no_doc:
-        print(f"\nwrote {DOC.relative_to(REPO)}; raw results {out.relative_to(REPO)}")
+    print(f"\nraw results {out}" + ("" if args.no_doc else f"; wrote {DOC.relative_to(REPO)}"))
 
 
 if __name__ == "__main__":
