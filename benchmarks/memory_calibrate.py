@@ -1,4 +1,4 @@
-"""Measure what one training step really holds, on CPU, to calibrate :mod:`autoseg.planning.memory`.
+"""Measure what one training step really holds, on CPU, to calibrate :mod:`autoseg.network.memory`.
 
 A benchmark tool, not part of the package (it needs the network and the training loss, both later stages
 than planning): ``benchmarks/memory_model.py`` prints the calibration table with it and

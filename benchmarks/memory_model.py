@@ -14,7 +14,7 @@ import argparse
 import time
 
 from autoseg.fingerprint import Fingerprint
-from autoseg.planning.memory import count_parameters, estimate_training_memory
+from autoseg.network.memory import count_parameters, estimate_training_memory
 from autoseg.planning.reference import plans_dir, reference_plans
 from memory_calibrate import measure_training_step  # benchmarks/ is sys.path[0] when run as a script
 from autoseg.plans import NetworkPlan

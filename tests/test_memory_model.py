@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autoseg.network import build_network, count_parameters as built_parameters
-from autoseg.planning.memory import (
+from autoseg.network.memory import (
     count_parameters,
     estimate_training_memory,
     estimate_training_memory_bytes,

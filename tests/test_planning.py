@@ -15,10 +15,10 @@ from autoseg.dataset import DatasetInfo
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
 from autoseg.network import build_network
+from autoseg.network.memory import estimate_training_memory_bytes
 from autoseg.planning import (
     PRESETS,
     detect_vram,
-    estimate_training_memory_bytes,
     memory_budget_bytes,
     plan_dataset,
     select_preset,
@@ -137,7 +137,7 @@ def test_arch_override_and_presets():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(vram_gb=0), "must be positive"),
-    (dict(arch="vnet"), "unknown architecture"),
+    (dict(arch="vnet"), "unknown network 'vnet'; use one of unet, resenc_unet, segresnet, attention_unet"),
     (dict(base_features=64, max_features=32), "features"),
     (dict(vram_gb=0.001), "--vram"),
 ])

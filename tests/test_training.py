@@ -193,19 +193,23 @@ def test_existing_run_needs_resume_finished_run_is_skipped_and_can_be_extended(p
 
 def test_pretrained_weights_load_when_the_network_matches_and_fail_clearly_otherwise(paths):
     from autoseg.dataset import DatasetInfo
-    from autoseg.network import build_network, network_for_dataset
+    from autoseg.network import build_network, network_for_dataset, output_layers
     from autoseg.training.state import load_pretrained
     fold_dir = train_fold(paths, "3d_fullres", 0, TrainOptions(epochs=1, **FAST))
     source = fold_dir / "checkpoint_final.pt"
     saved = _weights(fold_dir)["network_state"]
     net = network_for_dataset(tiny_plan().network, DatasetInfo.load(paths.dataset_json))
-    load_pretrained(net, source)
+    heads = output_layers(tiny_plan().network, 4, 3)
+    assert heads and all(k.startswith("heads.") for k in heads)
+    load_pretrained(net, source, heads)
     assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
     two_outputs = build_network(tiny_plan().network, 4, 2)  # other regions: heads keep their init
-    load_pretrained(two_outputs, source)
+    load_pretrained(two_outputs, source, heads)
+    with pytest.raises(AutosegError, match="do not match this network"):
+        load_pretrained(two_outputs, source, set())   # the heads are the only layers allowed to differ
     other = build_network(tiny_plan(features=(6, 8, 16)).network, 4, 3)
     with pytest.raises(AutosegError, match="do not match this network"):
-        load_pretrained(other, source)
+        load_pretrained(other, source, heads)
 
 
 def test_final_validation_writes_summary_and_csv(paths):

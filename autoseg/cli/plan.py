@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from autoseg.cli._common import add_dataset, dataset_paths, number, parser, workers_arg
 from autoseg.errors import run_cli
-from autoseg.planning.planner import ARCHS
+from autoseg.network import network_names
 from autoseg.planning.stage import run_planning, summary_table
 from autoseg.verify import verify_dataset
 
@@ -20,8 +20,9 @@ def _main(argv: Sequence[str] | None) -> int:
                    help="GPU memory to plan for (default: the CUDA device's, else 8); small values (0.5) make CPU-sized plans")
     p.add_argument("--explain", action="store_true", help="print every planning decision in words")
     p.add_argument("--verify", action="store_true", help="only check the raw dataset and exit")
-    p.add_argument("--arch", choices=ARCHS, default=None,
-                   help="override the architecture the VRAM preset picks (default: unet below 24 GB, resenc_unet from 24 GB)")
+    p.add_argument("--arch", default=None, metavar="NAME",
+                   help=f"the network ({', '.join(network_names())}, or one a package registers, docs/extending.md); "
+                        "default: the VRAM preset's, unet below 24 GB, resenc_unet from 24 GB")
     p.add_argument("--base-features", type=number(int, "--base-features 32", low=1), default=32, metavar="N",
                    help="features of the first stage, doubled per stage (default: 32)")
     p.add_argument("--max-features", type=number(int, "--max-features 320", low=1), default=320, metavar="N",

@@ -1,4 +1,5 @@
-"""Networks: the U-Nets that a plan describes (plain ``unet`` and residual-encoder ``resenc_unet``)."""
+"""Networks: the registry of architectures a plan names (:mod:`autoseg.network.registry`) and the one entry
+point the trainer and the predictor call, :func:`network_for_dataset`."""
 
 from __future__ import annotations
 
@@ -8,34 +9,40 @@ import torch
 from torch import nn
 
 from autoseg.context import input_channels
+from autoseg.errors import fail
 from autoseg.network.regions import RegionLogits, region_patterns
-from autoseg.network.unet import ARCHS, UNet, check_network_plan
+from autoseg.network.registry import (ENTRY_POINT_GROUP, NetworkSpec, adapt_network_plan, build_network,
+                                      check_network_plan, estimate_memory, network_names, network_spec,
+                                      output_layers, parameter_count)
+from autoseg.network.unet import UNet
 from autoseg.plans import REGION_HEADS, NetworkPlan
 
 if TYPE_CHECKING:
     from autoseg.dataset import DatasetInfo
 
 
-def build_network(plan: NetworkPlan, in_channels: int, out_channels: int, deep_supervision: bool = True,
-                  region_membership: torch.Tensor | None = None) -> nn.Module:
-    """The network for ``plan`` with He-initialised weights; ``deep_supervision`` is settable later.
-
-    ``region_membership`` (regions x label patterns, :func:`region_patterns`) makes the outputs nested
-    region logits read from a softmax over the patterns; without it each output is its own logit."""
-    return UNet(plan, in_channels, out_channels, deep_supervision, region_membership)
+def _membership(plan: NetworkPlan, info: DatasetInfo) -> torch.Tensor | None:
+    """(regions, label patterns) for the nested softmax region head, None for independent outputs."""
+    if plan.region_head not in REGION_HEADS:
+        raise fail(None, f"network plan: unknown region_head {plan.region_head!r}",
+                   f"use one of {', '.join(REGION_HEADS)} (or rerun autoseg-plan)")
+    if info.region_based and plan.region_head == "softmax":
+        return region_patterns(info.regions, info.label_values)
+    return None
 
 
 def network_for_dataset(plan: NetworkPlan, info: DatasetInfo, deep_supervision: bool = True) -> nn.Module:
-    """The network of ``plan`` for a dataset: ``info.num_outputs`` outputs, with the plan's region head."""
-    if plan.region_head not in REGION_HEADS:
-        from autoseg.errors import fail
-        raise fail(None, f"network plan: unknown region_head {plan.region_head!r}",
-                   f"use one of {', '.join(REGION_HEADS)} (or rerun autoseg-plan)")
-    membership = None
-    if info.region_based and plan.region_head == "softmax":
-        membership = region_patterns(info.regions, info.label_values)
+    """The network of ``plan`` (any registered arch) for a dataset: ``info.num_outputs`` outputs, with the
+    plan's region head."""
     return build_network(plan, input_channels(info.num_channels, plan.context_slices), info.num_outputs,
-                         deep_supervision, membership)
+                         deep_supervision, _membership(plan, info))
+
+
+def output_layers_for_dataset(plan: NetworkPlan, info: DatasetInfo) -> frozenset[str]:
+    """The state_dict keys of :func:`network_for_dataset`'s network that depend on the dataset's outputs."""
+    membership = _membership(plan, info)
+    return output_layers(plan, input_channels(info.num_channels, plan.context_slices),
+                         info.num_outputs if membership is None else membership.shape[1])
 
 
 def count_parameters(net: nn.Module) -> int:
@@ -43,5 +50,6 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-__all__ = ["ARCHS", "RegionLogits", "UNet", "build_network", "check_network_plan", "count_parameters",
-           "network_for_dataset", "region_patterns"]
+__all__ = ["ENTRY_POINT_GROUP", "NetworkSpec", "RegionLogits", "UNet", "adapt_network_plan", "build_network",
+           "check_network_plan", "count_parameters", "estimate_memory", "network_for_dataset", "network_names",
+           "network_spec", "output_layers", "output_layers_for_dataset", "parameter_count", "region_patterns"]

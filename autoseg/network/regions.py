@@ -60,3 +60,23 @@ class RegionLogits(nn.Module):
         for inside in self.membership:
             out.append(torch.logsumexp(z[:, inside], 1) - torch.logsumexp(z[:, ~inside], 1))
         return torch.stack(out, 1)
+
+
+def _region_outputs(module: nn.Module, args: object, outputs: torch.Tensor | list[torch.Tensor]) -> object:
+    to_regions = module.to_regions
+    if isinstance(outputs, (list, tuple)):
+        return [to_regions(o) for o in outputs]
+    return to_regions(outputs)
+
+
+def attach_region_logits(net: nn.Module, membership: torch.Tensor) -> nn.Module:
+    """Make ``net`` (built with ``membership.shape[1]`` outputs, the label patterns) return region logits:
+    every output it returns, a tensor or a deep-supervision list, goes through :class:`RegionLogits`.
+
+    Done with a forward hook and a parameter-free submodule ``to_regions``, so any network, built in or
+    registered, gets the nested head without a wrapper, and its state_dict keys stay its own."""
+    if hasattr(net, "to_regions"):
+        raise ValueError(f"{type(net).__name__} already has an attribute 'to_regions'")
+    net.add_module("to_regions", RegionLogits(membership))
+    net.register_forward_hook(_region_outputs)
+    return net

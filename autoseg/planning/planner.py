@@ -4,7 +4,9 @@ The method is nnU-Net v2's (``docs/planning-memory.md``): target spacing from th
 a patch that starts at the median (cropped, resampled) image and shrinks until the estimated training
 memory of a batch of 2 fits the budget, pooling per axis until the feature map edge reaches 4, then
 the largest batch that still fits (capped by dataset coverage). Unlike nnU-Net the budget is counted
-in bytes by an analytic memory model (:mod:`autoseg.planning.memory`), not in feature-map elements.
+in bytes by the network's memory estimate (:func:`autoseg.network.estimate_memory`: the analytic model of
+the built-in U-Nets, a forward traced on the meta device for any other registered network), not in
+feature-map elements.
 Every decision is written as a sentence into ``Plans.explanation``.
 """
 
@@ -20,8 +22,9 @@ from autoseg.context import input_channels
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail
 from autoseg.fingerprint import Fingerprint
-from autoseg.planning.memory import estimate_training_memory_bytes
-from autoseg.planning.presets import VramPreset, preset_by_arch, select_preset
+from autoseg.network import adapt_network_plan, estimate_memory, network_spec
+from autoseg.network.memory import MemoryEstimate
+from autoseg.planning.presets import PRESETS, VramPreset, preset_by_arch, select_preset
 from autoseg.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
 
 GIB = 2 ** 30
@@ -34,7 +37,6 @@ LOWRES_THRESHOLD = 0.25        # plan 3d_lowres when the fullres patch covers le
 MASK_THRESHOLD = 0.75          # z-score inside the nonzero mask when cropping keeps less than this of the image
 MIXED_PRECISION = True         # plans are sized for mixed-precision training on a GPU
 CANONICAL_ORIENTATION = "LPS"  # arrays are (z, y, x) after reorientation to ITK's identity direction
-ARCHS = ("unet", "resenc_unet")
 OUTLIER_FACTOR = 10            # a case this many times off the median spacing or shape on an axis is named
 
 
@@ -93,12 +95,15 @@ def topology(patch_size: Sequence[int], spacing: Sequence[float], min_edge: int 
     return Topology(strides, kernels, padded, divisor)
 
 
-def network_for(topo: Topology, preset: VramPreset, base_features: int, max_features: int) -> NetworkPlan:
-    """The network of a preset's family on a topology; features double per stage up to ``max_features``."""
+def network_for(topo: Topology, preset: VramPreset, base_features: int, max_features: int,
+                arch: str | None = None) -> NetworkPlan:
+    """The network of a preset's family on a topology, features doubling per stage up to ``max_features``;
+    for another ``arch``, that network on the same topology (:func:`autoseg.network.adapt_network_plan`)."""
     n = len(topo.strides)
-    return NetworkPlan(arch=preset.arch, features=[min(base_features * 2 ** i, max_features) for i in range(n)],
-                       kernel_sizes=topo.kernel_sizes, strides=topo.strides, n_conv_encoder=preset.blocks(n),
-                       n_conv_decoder=[preset.decoder_convs] * (n - 1))
+    net = NetworkPlan(arch=preset.arch, features=[min(base_features * 2 ** i, max_features) for i in range(n)],
+                      kernel_sizes=topo.kernel_sizes, strides=topo.strides, n_conv_encoder=preset.blocks(n),
+                      n_conv_decoder=[preset.decoder_convs] * (n - 1))
+    return adapt_network_plan(net, arch or preset.arch, "--arch")
 
 
 def target_spacing(spacings: np.ndarray, sizes: np.ndarray) -> tuple[list[float], str]:
@@ -181,17 +186,25 @@ class _Fit:
 
 def fit_patch_and_batch(median: Sequence[int], spacing: Sequence[float], budget: int, preset: VramPreset,
                         in_channels: int, out_channels: int, base_features: int, max_features: int,
-                        dataset_voxels: float) -> _Fit:
-    """nnU-Net's patch/batch search with the byte-level memory model (see the module docstring)."""
+                        dataset_voxels: float, arch: str | None = None) -> _Fit:
+    """nnU-Net's patch/batch search with the network's byte-level memory estimate (see the module docstring).
+
+    The estimate is taken once per patch, for one sample: every activation has the batch axis, so a batch
+    of ``n`` holds the model state once and ``n`` times the rest."""
     dim = len(spacing)
     inv = 1 / np.asarray(spacing, dtype=float)
     start = inv * (INITIAL_PATCH_EDGE[dim] ** dim / np.prod(inv)) ** (1 / dim)
     patch = [int(min(round(a), m)) for a, m in zip(start, median)]
     min_batch = preset.reference_batch_size
 
+    per_patch: dict[tuple[int, ...], MemoryEstimate] = {}
+
     def estimate(topo: Topology, batch: int) -> int:
-        net = network_for(topo, preset, base_features, max_features)
-        return estimate_training_memory_bytes(net, topo.patch_size, batch, in_channels, out_channels, MIXED_PRECISION)
+        key = tuple(topo.patch_size)
+        if key not in per_patch:
+            net = network_for(topo, preset, base_features, max_features, arch)
+            per_patch[key] = estimate_memory(net, topo.patch_size, 1, in_channels, out_channels, MIXED_PRECISION)
+        return per_patch[key].for_batch(batch).total
 
     topo = topology(patch, spacing)
     first = topo.patch_size
@@ -209,7 +222,7 @@ def fit_patch_and_batch(median: Sequence[int], spacing: Sequence[float], budget:
         patch[axis] -= topo.divisor[axis]
         topo = topology(patch, spacing)
         shrunk += 1
-    net = network_for(topo, preset, base_features, max_features)
+    net = network_for(topo, preset, base_features, max_features, arch)
     fits = min_batch
     while estimate(topo, fits + 1) <= budget and fits < 1024:
         fits += 1
@@ -324,8 +337,8 @@ def check_request(vram_gb: float | None, arch: str | None, base_features: int, m
                    "e.g. --spacing 2 for 2 mm isotropic, or --spacing 3 1 1 (z y x)")
     if vram_gb is not None and vram_gb <= 0:
         raise fail(None, f"--vram {vram_gb} must be positive", "give the GPU memory in GB, e.g. --vram 8")
-    if arch is not None and arch not in ARCHS:
-        raise fail(None, f"unknown architecture {arch!r}", f"use one of {', '.join(ARCHS)}")
+    if arch is not None:
+        network_spec(arch, "--arch")
     if base_features < 1 or max_features < base_features:
         raise fail(None, f"features {base_features}..{max_features} are not increasing positive numbers",
                    "use e.g. --base-features 32 --max-features 320")
@@ -347,7 +360,7 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
     if len(fingerprint.intensity) != info.num_channels or len(fingerprint.channel_names) != info.num_channels:
         raise fail(None, f"fingerprint has {len(fingerprint.intensity)} channel(s), dataset.json {info.num_channels}",
                    "delete fingerprint.json and rerun autoseg-plan")
-    preset = preset_by_arch(vram_gb, arch) if arch else select_preset(vram_gb)
+    preset = preset_by_arch(vram_gb, arch) if arch in {p.arch for p in PRESETS} else select_preset(vram_gb)
     budget = memory_budget_bytes(vram_gb)
     spacings, shape_spacings, shapes = _case_arrays(fingerprint)
     median_spacing, why_spacing = target_spacing(spacings, shapes)
@@ -369,7 +382,10 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
         f"Planned for {vram_gb:g} GB of GPU memory ({vram_source}); {USABLE_FRACTION:.0%} of it, "
         f"{budget / GIB:.2f} GiB, is the budget for tensors (the rest: CUDA context, cuDNN workspaces, allocator slack).",
         f"Preset {preset.name}: {preset.arch} ({preset.note})"
-        + (f", chosen by --arch {arch}." if arch and arch != select_preset(vram_gb).arch else "."),
+        + (f", chosen by --arch {arch}." if arch and arch != select_preset(vram_gb).arch else ".")
+        if arch is None or arch == preset.arch else
+        f"Network {arch}, chosen by --arch ({network_spec(arch).summary}), on the topology and batch policy of "
+        f"preset {preset.name} ({preset.note}).",
         why_spacing,
         f"Median image after cropping and resampling: {fmt(median)} voxels over {fingerprint.num_training} "
         f"training case(s).",
@@ -378,7 +394,7 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
     configs: dict[str, ConfigurationPlan] = {}
     max_2d = max_features * 8 // 5     # nnU-Net: 512 features in 2d where 3d has 320
     fit2d = fit_patch_and_batch(median[1:], spacing[1:], budget, preset, input_channels(cin, context_slices), cout,
-                                base_features, max_2d, dataset_voxels)
+                                base_features, max_2d, dataset_voxels, arch)
     if context_slices:
         fit2d = replace(fit2d, network=replace(fit2d.network, context_slices=context_slices))
         explanation.append(
@@ -392,11 +408,12 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
         return Plans(dataset_name=fingerprint.dataset_name, vram_gb=float(vram_gb), vram_source=vram_source,
                      orientation=CANONICAL_ORIENTATION, num_channels=cin, num_outputs=cout,
                      region_based=info.region_based, configurations=configs, explanation=explanation)
-    fit3d = fit_patch_and_batch(median, spacing, budget, preset, cin, cout, base_features, max_features, dataset_voxels)
+    fit3d = fit_patch_and_batch(median, spacing, budget, preset, cin, cout, base_features, max_features, dataset_voxels,
+                                arch)
     coverage = float(np.prod(fit3d.patch_size) / np.prod(median))
     explanation += ["3d_fullres: " + s for s in fit3d.sentences]
     lowres = _plan_lowres(shape_spacings, shapes, spacing, median, coverage, budget, preset, cin, cout, base_features,
-                          max_features, dataset_voxels, explanation)
+                          max_features, dataset_voxels, explanation, arch)
     configs["3d_fullres"] = _configuration("3d_fullres", spacing, median, fit3d, norm, batch_dice=lowres is not None)
     if lowres is not None:
         lspacing, lmedian, lfit = lowres
@@ -409,7 +426,8 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
 
 def _plan_lowres(spacings: np.ndarray, shapes: np.ndarray, spacing: list[float], median: list[int], coverage: float,
                  budget: int, preset: VramPreset, cin: int, cout: int, base_features: int, max_features: int,
-                 dataset_voxels: float, explanation: list[str]) -> tuple[list[float], list[int], _Fit] | None:
+                 dataset_voxels: float, explanation: list[str],
+                 arch: str | None = None) -> tuple[list[float], list[int], _Fit] | None:
     """3d_lowres when the fullres patch covers less than a quarter of the median image: coarsen the spacing
     by 3 % steps until the patch covers a quarter; dropped if the image is then not 2x smaller."""
     if coverage >= LOWRES_THRESHOLD:
@@ -421,7 +439,7 @@ def _plan_lowres(spacings: np.ndarray, shapes: np.ndarray, spacing: list[float],
         lspacing = _lowres_spacing(lspacing)
         lmedian = median_shape(spacings, shapes, lspacing)
         fit = fit_patch_and_batch(lmedian, lspacing, budget, preset, cin, cout, base_features, max_features,
-                                  dataset_voxels)
+                                  dataset_voxels, arch)
         if np.prod(fit.patch_size) / np.prod(lmedian) >= LOWRES_THRESHOLD:
             break
     if np.prod(median) / np.prod(lmedian) < 2:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from autoseg.network.unet import RESENC_BLOCKS, UNET_BLOCKS
+
 
 @dataclass(frozen=True)
 class VramPreset:
@@ -36,9 +38,10 @@ class VramPreset:
         return asdict(self)
 
 
-_PLAIN = dict(arch="unet", encoder_blocks=[2], decoder_convs=2, max_dataset_covered=0.05, reference_batch_size=2)
-_RESENC = dict(arch="resenc_unet", encoder_blocks=[1, 3, 4, 6, 6, 6], decoder_convs=1, max_dataset_covered=1.0,
-               reference_batch_size=2)
+_PLAIN = dict(arch="unet", encoder_blocks=UNET_BLOCKS[0], decoder_convs=UNET_BLOCKS[1], max_dataset_covered=0.05,
+              reference_batch_size=2)
+_RESENC = dict(arch="resenc_unet", encoder_blocks=RESENC_BLOCKS[0], decoder_convs=RESENC_BLOCKS[1],
+               max_dataset_covered=1.0, reference_batch_size=2)
 
 PRESETS: tuple[VramPreset, ...] = (
     VramPreset("8gb", 8, **_PLAIN, note="nnU-Net's default target: plain U-Net, 2 convs per stage"),

@@ -6,6 +6,7 @@ restoring the network, optimizer, GradScaler, torch RNG and the epoch count resu
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,6 @@ from autoseg.errors import fail
 from autoseg.plans import ConfigurationPlan
 from autoseg.training.options import TrainOptions
 from autoseg.training.progress import TrainingLog
-
-HEADS = "heads."  # output layers of autoseg.network.UNet
 
 
 def training_payload(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -66,10 +65,11 @@ def restore_training(ckpt: dict[str, Any], network: nn.Module, optimizer: torch.
     return TrainingLog.from_dict(ckpt["log"])
 
 
-def load_pretrained(network: nn.Module, path: Path) -> None:
+def load_pretrained(network: nn.Module, path: Path, heads: Collection[str]) -> None:
     """Copy weights from another autoseg checkpoint whose network has the same parameter shapes.
 
-    The 1x1 output heads may differ (another dataset's regions): they keep their fresh initialisation.
+    The output layers ``heads`` (state_dict keys, :func:`autoseg.network.output_layers_for_dataset`) may
+    differ (another dataset's regions): they keep their fresh initialisation.
     """
     ckpt = load_checkpoint(path)
     source = ckpt["network_state"]
@@ -82,7 +82,7 @@ def load_pretrained(network: nn.Module, path: Path) -> None:
     for k, v in target.items():
         if tuple(source[k].shape) == tuple(v.shape):
             load[k] = source[k]
-        elif not k.startswith(HEADS):
+        elif k not in heads:
             raise fail(path, f"pretrained weights do not match this network: {k} has shape "
                        f"{tuple(source[k].shape)}, expected {tuple(v.shape)}",
                        "pretrain with the same network topology, channels and outputs")

@@ -208,12 +208,12 @@ def run_epoch(epoch: int, network: nn.Module, loss_fn: nn.Module, optimizer: tor
 
 
 def _init_network(fold: FoldData, options: TrainOptions, device: torch.device) -> nn.Module:
-    from autoseg.network import network_for_dataset
+    from autoseg.network import network_for_dataset, output_layers_for_dataset
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         network = network_for_dataset(fold.plan.network, fold.info, deep_supervision=True)
     if options.pretrained:
-        load_pretrained(network, Path(options.pretrained))
+        load_pretrained(network, Path(options.pretrained), output_layers_for_dataset(fold.plan.network, fold.info))
     return network.to(device)
 
 

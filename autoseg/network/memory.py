@@ -1,7 +1,16 @@
-"""Analytic estimate of the memory one training step holds, for planning without building a network.
+"""What one training step holds at its peak, in bytes: the estimate the planner sizes patch and batch with.
 
-What a training step (forward, loss, backward, SGD step) holds at its peak, counted per sample and
-per layer type, in bytes (``b`` bytes per activation element: 4, or 2 with mixed precision):
+Two ways, chosen per network by the registry (:mod:`autoseg.network.registry`):
+
+* :func:`traced_training_memory`, for any network: run its forward on the ``meta`` device (shapes only,
+  no memory, no arithmetic) and add up what autograd saves for backward, plus model state, the batch and
+  a backward workspace;
+* :func:`estimate_training_memory`, the analytic model of the built-in U-Nets (``unet``,
+  ``resenc_unet``), counted per layer type without building a network. It is the one the reference
+  plans were sized with, so it stays theirs.
+
+The analytic model: what a training step (forward, loss, backward, SGD step) holds at its peak, counted
+per sample and per layer type, in bytes (``b`` bytes per activation element: 4, or 2 with mixed precision):
 
 * activations autograd saves for backward, per encoder/decoder stage with ``f`` features at ``v`` voxels:
     - network input: ``in_channels * v0`` (saved by the first conv);
@@ -20,17 +29,20 @@ per layer type, in bytes (``b`` bytes per activation element: 4, or 2 with mixed
   ``BACKWARD_FULLRES_BUFFERS`` tensors of the full-resolution feature-map size ``f0 v0``, plus the
   batch itself (input and per-level targets).
 
-Not counted here (the planner keeps them out of its budget instead, see ``planner``): the CUDA context,
-cuDNN workspaces and caching-allocator slack. The constants were calibrated on CPU against the bytes
-autograd really keeps (see ``docs/planning-memory.md`` and ``tests/test_memory_model.py``).
+Not counted by either (the planner keeps them out of its budget instead, see ``autoseg.planning.planner``):
+the CUDA context, cuDNN workspaces and caching-allocator slack. The constants were calibrated on CPU against the bytes
+autograd really keeps (see ``docs/planning-memory.md``, ``benchmarks/memory_calibrate.py`` and
+``tests/test_memory_model.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import nn
 
 from autoseg.plans import NetworkPlan
 
@@ -50,6 +62,10 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         return self.activations + self.model_state + self.workspace
+
+    def for_batch(self, batch_size: int) -> MemoryEstimate:
+        """This estimate of one sample, for ``batch_size`` samples: everything but the model state scales."""
+        return MemoryEstimate(self.activations * batch_size, self.model_state, self.workspace * batch_size)
 
 
 def stage_shapes(patch_size: Sequence[int], strides: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -134,3 +150,48 @@ def estimate_training_memory_bytes(net: NetworkPlan, patch_size: Sequence[int], 
                                    out_channels: int, mixed_precision: bool) -> int:
     """Peak bytes of tensors one training step (forward, loss, backward, SGD with momentum) holds."""
     return estimate_training_memory(net, patch_size, batch_size, in_channels, out_channels, mixed_precision).total
+
+
+def _saved_during_forward(net: nn.Module, x: torch.Tensor) -> tuple[list[tuple[torch.Size, torch.dtype]], list[torch.Tensor]]:
+    """(shape, dtype) of every distinct storage autograd saves for backward during ``net(x)`` (parameters
+    and buffers excluded), and the outputs, finest first. On the meta device nothing is allocated."""
+    own = {t.untyped_storage()._cdata for t in [*net.parameters(), *net.buffers()]}
+    saved: dict[int, tuple[torch.Size, torch.dtype]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = t.untyped_storage()._cdata
+        if key not in own:
+            saved[key] = (torch.Size([t.untyped_storage().nbytes() // t.element_size()]), t.dtype)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net(x)
+    return list(saved.values()), list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def traced_training_memory(build: Callable[[], nn.Module], patch_size: Sequence[int], batch_size: int,
+                           in_channels: int, mixed_precision: bool) -> MemoryEstimate:
+    """Bytes one training step holds for the network ``build()`` makes, found by running its forward on the
+    ``meta`` device (milliseconds, no memory) in training mode:
+
+    * activations: every storage autograd saves for backward, floating ones at ``b`` bytes per element (2 with
+      mixed precision, as autocast keeps them; the meta device has no autocast, so it is counted, not run),
+      plus the loss's ``LOSS_SAVED_PER_OUTPUT`` float32 elements per output element (all outputs supervised);
+    * model state: parameters, gradients and SGD momentum in float32, plus autocast's half weight copies;
+    * workspace: ``BACKWARD_FULLRES_BUFFERS`` gradients the size of the largest saved activation, and the batch
+      (input and a float32 target at every output's size).
+    """
+    b = 2 if mixed_precision else FP32
+    with torch.device("meta"):
+        net = build()
+    net.train()
+    x = torch.empty(batch_size, in_channels, *patch_size, device="meta")
+    saved, outputs = _saved_during_forward(net, x)
+    sizes = [(int(np.prod(shape)) * (b if dtype.is_floating_point else torch.empty((), dtype=dtype).element_size()))
+             for shape, dtype in saved]
+    out_elements = sum(o.numel() for o in outputs)
+    activations = sum(sizes) + FP32 * LOSS_SAVED_PER_OUTPUT * out_elements
+    n_params = sum(p.numel() for p in net.parameters())
+    model_state = n_params * (3 * FP32 + (2 if mixed_precision else 0)) + sum(t.nbytes for t in net.buffers())
+    workspace = max(sizes, default=0) + FP32 * (x.numel() + out_elements)
+    return MemoryEstimate(int(activations), int(model_state), int(workspace))
