@@ -39,7 +39,8 @@ def context_slab(volume: np.ndarray, z: int, context: int) -> np.ndarray:
 
 
 def stack_context(volume: np.ndarray, context: int) -> np.ndarray:
-    """Every slice of a (C, Z, Y, X) volume with its neighbours: (C * (2K + 1), Z, Y, X); the volume itself for K = 0."""
+    """Every slice of a (C, Z, Y, X) volume with its neighbours: (C * (2K + 1), Z, Y, X); the volume itself
+    for K = 0."""
     if context == 0:
         return volume
     c, n = volume.shape[:2]

@@ -147,9 +147,9 @@ def draw_pictures(paths: DatasetPaths, pred_dir: Path, test: Path, out: Path, su
         hu = case.form.read()[0][0]
         pred, _ = read_image(work / "pred" / f"{case.case_id}.nii.gz")
         ref, _ = read_image(work / "ref" / f"{case.case_id}.nii.gz")
-        pngs[case.case_id] = save_overlay_png(np.clip(hu, *_window_range()), pred, out / "overlays" / f"{case.case_id}.png",
-                                              ref=ref, title=f"{case.case_id}: CT (40/80), prediction vs reference",
-                                              names={1: "lesion"})
+        pngs[case.case_id] = save_overlay_png(np.clip(hu, *_window_range()), pred,
+                                              out / "overlays" / f"{case.case_id}.png", ref=ref, names={1: "lesion"},
+                                              title=f"{case.case_id}: CT (40/80), prediction vs reference")
     table = {k: summary[k] for k in ("num_cases", "mean", "median") if k in summary}
     return write_report_html(table, report_rows(per_case), pngs, out / "report.html",
                              title="autoseg stroke CT demo: held-out synthetic patients")
