@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -426,13 +426,16 @@ def _per_stage(value: int | Sequence[int], n: int) -> list[int]:
     return [int(values[min(i, len(values) - 1)]) for i in range(n)]
 
 
-def network_plan(plan: NetworkPlan, choice: NetworkChoice) -> NetworkPlan:
-    """The plan's network with the recipe's architecture and overrides (the plan's topology is kept)."""
+def network_plan(plan: NetworkPlan, choice: NetworkChoice,
+                 adapt: Callable[[NetworkPlan, str], NetworkPlan] | None = None) -> NetworkPlan:
+    """The plan's network with the recipe's architecture and overrides. ``adapt(plan, arch)`` gives an arch's
+    plan on another plan's topology (the network registry's ``adapt_network_plan``: e.g. its own block counts,
+    fewer stages); without it the arch is only renamed. The overrides apply to the adapted plan."""
     kw = dict(choice.kwargs)
+    if choice.arch is not None and choice.arch != plan.arch:
+        plan = adapt(plan, choice.arch) if adapt is not None else replace(plan, arch=choice.arch)
     n = plan.n_stages
     changes: dict[str, Any] = {}
-    if choice.arch is not None:
-        changes["arch"] = choice.arch
     if "base_features" in kw or "max_features" in kw:
         base = int(kw.get("base_features", plan.features[0]))
         top = int(kw.get("max_features", max(plan.features)))
