@@ -25,7 +25,8 @@ The order of the path: [`autoseg-demo`](#autoseg-demo) ·
 [`autoseg-convert`](#autoseg-convert) · [`autoseg-plan`](#autoseg-plan) ·
 [`autoseg-preprocess`](#autoseg-preprocess) · [`autoseg-train`](#autoseg-train) ·
 [`autoseg-predict`](#autoseg-predict) · [`autoseg-ensemble`](#autoseg-ensemble) ·
-[`autoseg-evaluate`](#autoseg-evaluate). What each stage does and why: [method.md](method.md).
+[`autoseg-evaluate`](#autoseg-evaluate) · [`autoseg-export`](#autoseg-export) ·
+[`autoseg-import`](#autoseg-import). What each stage does and why: [method.md](method.md).
 HEAD
 section() {
   local cmd=$1; shift
@@ -43,5 +44,7 @@ section autoseg-train "One fold, or all cases ([training.md](training.md); sever
 section autoseg-predict "Segment new cases ([inference.md](inference.md))." autoseg-predict --help
 section autoseg-ensemble "Average saved probabilities ([inference.md](inference.md))." autoseg-ensemble --help
 section autoseg-evaluate "Metrics, overlays and report ([evaluation.md](evaluation.md))." autoseg-evaluate --help
+section autoseg-export "A trained model as one zip to share, or one fold as ONNX ([sharing.md](sharing.md))." autoseg-export --help
+section autoseg-import "A shared model into a data root ([sharing.md](sharing.md))." autoseg-import --help
 } > $out.tmp
 mv $out.tmp $out

@@ -89,7 +89,8 @@ def test_quick_demo_runs_the_whole_path(tmp_path: Path):
     assert "epoch 1:" in log and "epoch 2:" not in log and "precision fp32" in log
 
 
-COMMANDS = ("convert", "plan", "preprocess", "train", "predict", "ensemble", "evaluate", "demo")
+COMMANDS = ("convert", "plan", "preprocess", "train", "predict", "ensemble", "evaluate", "demo", "export", "import")
+MODULES = {"import": "import_model"}   # a command whose module is not named after it (``import`` is a keyword)
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -98,7 +99,7 @@ def test_commands_page_lists_every_option(name: str, capsys):
     import importlib
     import re
 
-    main_fn = importlib.import_module(f"autoseg.cli.{name}").main
+    main_fn = importlib.import_module(f"autoseg.cli.{MODULES.get(name, name)}").main
     helps = []
     for argv in (["--help"], ["brats", "--help"]) if name == "convert" else (["--help"],):
         with pytest.raises(SystemExit):

@@ -14,12 +14,13 @@ from collections.abc import Callable, Sequence
 from autoseg.errors import Terminated, stop_on_sigterm
 
 
-def _launcher(command: str) -> Callable[[Sequence[str] | None], None]:
+def _launcher(command: str, module_name: str | None = None) -> Callable[[Sequence[str] | None], None]:
+    """Entry point of ``autoseg-COMMAND``, whose code is ``autoseg.cli.MODULE_NAME`` (default: the command)."""
     def launch(argv: Sequence[str] | None = None) -> None:
         prog = f"autoseg-{command}"
         stop_on_sigterm()   # before the slow imports, so that SIGTERM then is one line too
         try:
-            module = importlib.import_module(f"autoseg.cli.{command}")
+            module = importlib.import_module(f"autoseg.cli.{module_name or command}")
         except Terminated:
             print(f"{prog}: terminated (SIGTERM) while starting; nothing was written", file=sys.stderr)
             sys.exit(Terminated.exit_code)
@@ -44,3 +45,5 @@ autoseg_predict = _launcher("predict")
 autoseg_evaluate = _launcher("evaluate")
 autoseg_ensemble = _launcher("ensemble")
 autoseg_demo = _launcher("demo")
+autoseg_export = _launcher("export")
+autoseg_import = _launcher("import", "import_model")   # ``import`` is a keyword: no module of that name

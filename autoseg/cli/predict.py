@@ -29,10 +29,16 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("-i", "--input", required=True, help="folder of cases to predict")
     p.add_argument("-o", "--output", required=True, help="folder for CASE.nii.gz (and CASE.npz)")
     add_dataset(p)
-    p.add_argument("-c", "--configuration", default="3d_fullres", help="trained configuration")
+    p.add_argument("-c", "--configuration", default=None,
+                   help="trained configuration (default: 3d_fullres; with --model, the model's only one)")
     p.add_argument("-f", "--folds", nargs="+", type=fold_arg, default=None,
                    help="folds to average (0 1 2 3 4, or all); default: every trained fold_N (fold_all if none)")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="final", help="which checkpoint of each fold")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default=None,
+                   help="which checkpoint of each fold (default: final; with --model, the one it holds)")
+    p.add_argument("--model", default=None, metavar="ZIP|DIR",
+                   help="predict with a model written by autoseg-export (the .zip or its unpacked folder) instead of "
+                        "a data root's folds; its postprocessing.json is applied unless --no-postprocess")
+    p.add_argument("--no-postprocess", action="store_true", help="with --model: skip the model's postprocessing")
     p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster)")
     p.add_argument("--step", type=number(float, "--step 0.5", above=0.0, high=1.0), default=0.5,
                    help="window step as a fraction of the patch (0.5 = half overlap)")
@@ -60,9 +66,21 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     post = PostprocessingPlan.load(args.postprocess) if args.postprocess else None
-    predictor = Predictor.from_results(dataset_paths(args), args.configuration, args.folds, args.checkpoint,
-                                       device=args.device, precision=args.precision, mirroring=not args.no_tta,
-                                       step=args.step, batch_size=args.batch_size, compile=args.compile)
+    run = dict(device=args.device, precision=args.precision, mirroring=not args.no_tta, step=args.step,
+               batch_size=args.batch_size, compile=args.compile)
+    if args.model is not None:
+        if args.dataset is not None or args.home is not None:
+            p.error("--model replaces the data root: leave out -d and --home")
+        from autoseg.packaging import predictor_from_model
+        predictor, packaged = predictor_from_model(args.model, args.configuration, getattr(args, "recipe", None),
+                                                   args.folds, args.checkpoint, **run)
+        if post is None and packaged is not None and not args.no_postprocess:
+            post = packaged
+            print("autoseg-predict: applying the model's postprocessing.json (--no-postprocess to skip)",
+                  file=sys.stderr)
+    else:
+        predictor = Predictor.from_results(dataset_paths(args), args.configuration or "3d_fullres", args.folds,
+                                           args.checkpoint or "final", **run)
     if args.uncertainty and predictor.num_members == 1:
         print("autoseg-predict: one ensemble member (one fold, --no-tta): the variance maps will be 0", file=sys.stderr)
     predictor.missing_channels = channel_indices(args.missing, predictor.info)

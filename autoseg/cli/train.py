@@ -9,6 +9,7 @@ from autoseg.cli._common import add_dataset, dataset_paths, number, parser
 from autoseg.errors import run_cli
 from autoseg.precision import PRECISIONS
 from autoseg.training import TrainOptions, train_fold
+from autoseg.training.loggers import LOGGERS, check_logger
 
 _DEFAULTS = TrainOptions()
 
@@ -45,12 +46,15 @@ def _main(argv: Sequence[str] | None) -> int:
                    help="share of training samples that lose a random subset (never all) of their channels, so the "
                         "model can predict with a sequence missing (autoseg-predict --missing); default 0 (off)")
     p.add_argument("--no-validation", action="store_true", help="skip the sliding-window validation at the end")
+    p.add_argument("--logger", type=check_logger, default=_DEFAULTS.logger, metavar="{" + ",".join(LOGGERS) + "}",
+                   help="also send log.txt's numbers and progress.png to TensorBoard (FOLD/tensorboard), W&B or MLflow; "
+                        "each needs its extra, e.g. pip install 'autoseg[tensorboard]'")
     args = p.parse_args(argv)
     options = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
                            lr=args.lr, device=args.device, precision=args.precision, workers=args.workers,
                            seed=args.seed, pretrained=args.pretrained, resume=args.resume,
                            augment=not args.no_augmentation, validate=not args.no_validation,
-                           modality_dropout=args.modality_dropout, dice=args.dice)
+                           modality_dropout=args.modality_dropout, dice=args.dice, logger=args.logger)
     fold_dir = train_fold(dataset_paths(args), args.configuration, args.fold, options)
     print(f"autoseg-train: done; checkpoints, log.txt and progress.png in {fold_dir}")
     return 0

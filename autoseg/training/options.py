@@ -31,6 +31,7 @@ class TrainOptions:
     augment: bool = True
     modality_dropout: float = 0.0   # share of training samples with some (never all) channels zeroed
     validate: bool = True           # sliding-window validation of the held-out cases at the end
+    logger: str = "none"             # experiment tracking: none, tensorboard, wandb, mlflow (training.loggers)
     progress: bool = True           # tqdm bar
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from autoseg.paths import DatasetPaths
 from autoseg.plans import ConfigurationPlan, Plans
 from autoseg.precision import compute_dtype_for, dtype_name
 from autoseg.training import distributed as ddp
+from autoseg.training.loggers import open_tracker
 from autoseg.training.losses import DeepSupervisionLoss, segmentation_loss
 from autoseg.training.options import TrainOptions
 from autoseg.training.progress import TrainingLog, append_log, plot_progress
@@ -304,7 +305,10 @@ def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
         if dist.enabled else network
     loss_fn = DeepSupervisionLoss(segmentation_loss(data.info.region_based, data.plan.batch_dice, options.dice), data.info.region_based)
     show = options.progress and dist.is_main
-    with BatchStream(batch_makers(data, options, dist), options.workers) as stream:
+    tracked = {"options": options.to_dict(), "plan": data.plan}   # --logger: the run's configuration
+    with BatchStream(batch_makers(data, options, dist), options.workers) as stream, \
+            open_tracker(options.logger if dist.is_main else "none", fold_dir, f"{data.dataset} {data.plan.name} "
+                         f"fold {fold}", tracked, options.epochs) as tracker:
         for epoch in range(log.epochs_done, options.epochs):
             start = time.perf_counter()
             lr = poly_lr(epoch, options.epochs, options.lr, options.poly_exponent)
@@ -325,6 +329,7 @@ def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
                         write(f"new best EMA pseudo-Dice {log.best_ema:.4f}")
             if dist.is_main:
                 plot_progress(log, fold_dir / "progress.png")
+                tracker.log_epoch(log, epoch, fold_dir / "progress.png")
     if dist.is_main:
         with interrupts_deferred():
             save_checkpoint(fold_dir / "checkpoint_final.pt",
