@@ -41,7 +41,7 @@ from autoseg.checkpoint import load_checkpoint, plan_hash
 from autoseg.dataset import DatasetInfo, is_os_litter
 from autoseg.errors import AutosegError, fail
 from autoseg.io import atomic_path, read_json, write_bytes_atomic
-from autoseg.paths import DATASET_RE, DatasetPaths, list_datasets
+from autoseg.paths import DATASET_RE, RECIPE_SEPARATOR, DatasetPaths, list_datasets, run_folder_name
 from autoseg.plans import Plans
 from autoseg.postprocessing import PostprocessingPlan
 
@@ -83,7 +83,7 @@ class TrainedFolder:
 
     @classmethod
     def named(cls, folder: str, folds: Sequence[str]) -> TrainedFolder:
-        recipe, _, configuration = folder.rpartition("__")
+        recipe, _, configuration = folder.rpartition(RECIPE_SEPARATOR)
         return cls(folder, configuration, recipe or None, tuple(folds))
 
     def describe(self) -> str:
@@ -137,17 +137,13 @@ def summary_member(folder: str, fold: str) -> str:
 
 def recipe_folder(configuration: str, recipe: str | None) -> str:
     """The results/ folder name of a configuration trained with a recipe (none or the default: the plain name)."""
-    return configuration if recipe in (None, "", "nnunet") else f"{recipe}__{configuration}"
+    return run_folder_name(configuration, recipe or None)
 
 
 def fold_dir(paths: DatasetPaths, folder: str, fold: str) -> Path:
-    """A fold folder of ``results/DATASET/FOLDER``, through the paths API (with its recipe when it takes one)."""
+    """A fold folder of ``results/DATASET/FOLDER``, through the paths API."""
     tf = TrainedFolder.named(folder, ())
-    if tf.recipe is None:
-        return paths.fold_dir(tf.configuration, fold)
-    with contextlib.suppress(TypeError):   # DatasetPaths.fold_dir(configuration, fold, recipe=...) where it exists
-        return paths.fold_dir(tf.configuration, fold, recipe=tf.recipe)   # type: ignore[call-arg]
-    return paths.results / folder / f"fold_{fold}"
+    return paths.fold_dir(tf.configuration, fold, recipe=tf.recipe)
 
 
 def find_trained(paths: DatasetPaths, checkpoint: str = "final") -> tuple[list[TrainedFolder], list[str]]:
