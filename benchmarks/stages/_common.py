@@ -82,24 +82,45 @@ def describe_cpu_features(f: dict) -> str:
     return f"AVX2 {yes[f['avx2']]}, AVX-512 {yes[f['avx512']]}, native bf16 (AVX512-BF16/AMX) {yes[f['bf16']]}"
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()
+    except (OSError, ValueError):
+        return None
+
+
+def _children(pid: int) -> list[int] | None:
+    """Direct children from /proc/PID/task/*/children, None where the kernel does not provide it."""
+    try:
+        return [int(c) for task in os.listdir(f"/proc/{pid}/task")
+                for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except FileNotFoundError:
+        return [] if not Path(f"/proc/{pid}").exists() else None
+    except OSError:
+        return None
+
+
 def process_tree(root: int) -> dict[int, list[str]]:
-    """``root`` and its living descendants: pid -> the fields of /proc/PID/stat after the command name."""
-    stats: dict[int, list[str]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-            stats[int(d)] = stat[stat.rindex(")") + 2:].split()
-        except (OSError, ValueError):
-            continue
-    tree, frontier = {root}, [root]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, fields in stats.items() if len(fields) > 1 and int(fields[1]) == p and c not in tree]
-        tree.update(kids)
-        frontier.extend(kids)
-    return {p: stats[p] for p in tree if p in stats}
+    """``root`` and its living descendants: pid -> the fields of /proc/PID/stat after the command name.
+    Walks the children lists (cheap whatever else runs); scans all of /proc where they are missing."""
+    tree, frontier, walked = {root}, [root], True
+    while frontier and walked:
+        kids = _children(frontier.pop())
+        if kids is None:
+            walked = False
+        else:
+            frontier.extend(k for k in kids if k not in tree)
+            tree.update(kids)
+    if not walked:
+        parents = {int(d): f[1] for d in os.listdir("/proc") if d.isdigit() and (f := _stat_fields(int(d)))}
+        tree, frontier = {root}, [root]
+        while frontier:
+            p = frontier.pop()
+            kids = [c for c, pp in parents.items() if int(pp) == p and c not in tree]
+            tree.update(kids)
+            frontier.extend(kids)
+    return {p: f for p in tree if (f := _stat_fields(p)) is not None}
 
 
 def tree_rss_bytes(root: int) -> int:
