@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoseg.cli._common import add_dataset, dataset_paths, number, parser
+from autoseg.data.device_augmentation import AUGMENT_ON
 from autoseg.errors import run_cli
 from autoseg.precision import PRECISIONS
 from autoseg.training import TrainOptions, train_fold
@@ -41,6 +42,9 @@ def _main(argv: Sequence[str] | None) -> int:
                    help="Dice term where a region is present: log = -log(Dice), which keeps a dying region's head "
                         "learning (default); linear = 1 - Dice, nnU-Net's")
     p.add_argument("--no-augmentation", action="store_true", help="train on plain patches (for debugging)")
+    p.add_argument("--augment-on", default=_DEFAULTS.augment_on, choices=AUGMENT_ON,
+                   help="where augmentation runs: cpu = in the --workers processes (default); device = batched on the "
+                        "training device (GPU), the workers only cut patches; same transforms and probabilities")
     p.add_argument("--modality-dropout", type=number(float, "--modality-dropout 0.3", low=0.0, high=1.0),
                    default=_DEFAULTS.modality_dropout, metavar="P",
                    help="share of training samples that lose a random subset (never all) of their channels, so the "
@@ -53,7 +57,7 @@ def _main(argv: Sequence[str] | None) -> int:
     options = TrainOptions(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
                            lr=args.lr, device=args.device, precision=args.precision, workers=args.workers,
                            seed=args.seed, pretrained=args.pretrained, resume=args.resume,
-                           augment=not args.no_augmentation, validate=not args.no_validation,
+                           augment=not args.no_augmentation, augment_on=args.augment_on, validate=not args.no_validation,
                            modality_dropout=args.modality_dropout, dice=args.dice, logger=args.logger)
     fold_dir = train_fold(dataset_paths(args), args.configuration, args.fold, options)
     print(f"autoseg-train: done; checkpoints, log.txt and progress.png in {fold_dir}")

@@ -7,6 +7,10 @@ patch position and the augmentation are drawn from a generator seeded with that 
 * results do not depend on the number of workers (batches are reordered by sequence number);
 * under DistributedDataParallel rank ``r`` makes its share of the *global* batch's sample indices,
   so N ranks see exactly the halves (thirds, ...) of the single-process batch.
+
+With ``defer_augmentation`` (``autoseg-train --augment-on device``) a worker only cuts the enlarged
+initial patch and ships it with its label map and the sample's augmentation seed;
+``autoseg.data.device_augmentation`` then applies the same draws batched on the training device.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from autoseg.data.augmentation import AugmentationParams, no_augmentation, training_transforms
+from autoseg.data.augmentation import AugmentationParams, CropFn, no_augmentation, training_transforms
 from autoseg.data.sampling import crop_padded, is_forced_foreground, patch_location
 from autoseg.dataset import DatasetInfo
 from autoseg.parallel import children_ignore_ctrl_c
@@ -38,10 +42,14 @@ class BatchKey(NamedTuple):
 
 @dataclass
 class Batch:
-    """``data`` (b, C, *patch) float32; ``target`` (b, R, *patch) region masks or (b, 1, *patch) class indices, uint8."""
+    """``data`` (b, C, *patch) float32; ``target`` (b, R, *patch) region masks or (b, 1, *patch) class indices, uint8.
+
+    A deferred batch (``seeds`` set) holds the initial patches instead: data (b, C, *initial) and the label
+    maps (b, 1, *initial) int8, -1 outside the case (and the brain), not yet augmented."""
 
     data: np.ndarray
     target: np.ndarray
+    seeds: np.ndarray | None = None  # augmentation seed per sample of a deferred batch
 
 
 _STREAM_IDS = {"train": 0, "val": 1}
@@ -65,6 +73,7 @@ class BatchMaker:
     oversample: float
     augment: bool
     seed: int
+    defer_augmentation: bool = False  # ship initial patches, label maps and seeds (augmented on the device)
 
     def __post_init__(self) -> None:
         self._cache: dict[str, Any] = {}
@@ -82,8 +91,9 @@ class BatchMaker:
             self._cache[case_id] = self.load_case(case_id)
         return self._cache[case_id]
 
-    def sample(self, key: BatchKey, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample ``index`` of the global batch ``key``: data (C, *patch), target (R or 1, *patch)."""
+    def _cut(self, key: BatchKey, index: int) -> tuple[CropFn, int]:
+        """Where sample ``index`` of the global batch ``key`` lies: a crop function over its initial patch
+        (offset and size relative to it) and the sample's augmentation seed."""
         rng = np.random.default_rng([self.seed, _STREAM_IDS[key.stream], key.epoch, key.iteration, index])
         case = self._case(self.case_ids[int(rng.integers(len(self.case_ids)))])
         forced = is_forced_foreground(index, self.batch_size, self.oversample)
@@ -99,26 +109,44 @@ class BatchMaker:
                 seg[(seg == 0) & (data == 0).all(0, keepdims=True)] = -1
             return data, seg
 
+        return crop, int(rng.integers(2**31))
+
+    def sample(self, key: BatchKey, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``index`` of the global batch ``key``: data (C, *patch), target (R or 1, *patch)."""
+        crop, seed = self._cut(key, index)
         if self._pipeline is None:
             self._pipeline = training_transforms(self.aug) if self.augment else no_augmentation(self.aug)
-        data, seg = self._pipeline(crop, self.initial_patch_size, int(rng.integers(2**31)))
+        data, seg = self._pipeline(crop, self.initial_patch_size, seed)
         target = self.info.targets_from_label(seg[0])
         return data, (target if self.info.region_based else target[None])
+
+    def initial_sample(self, key: BatchKey, index: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Sample ``index`` not augmented: its initial patch (C, *initial), label map (1, *initial) int8 with
+        -1 outside, and its augmentation seed (what ``Augmenter`` would draw from)."""
+        crop, seed = self._cut(key, index)
+        data, seg = crop(np.zeros(len(self.initial_patch_size), dtype=int), np.asarray(self.initial_patch_size))
+        return data, seg, seed
 
     def batch(self, key: BatchKey, alloc: Callable[[tuple[int, ...], Any], np.ndarray] = np.empty) -> Batch:
         """The batch ``key``; ``alloc(shape, dtype)`` makes its two arrays (workers: shared memory)."""
         data = target = None
+        deferred = self.defer_augmentation and self.augment
+        seeds = np.zeros(len(self.sample_indices), dtype=np.int64)
         for i, j in enumerate(self.sample_indices):
-            d, t = self.sample(key, j)
+            if deferred:
+                d, t, seeds[i] = self.initial_sample(key, j)
+            else:
+                d, t = self.sample(key, j)
             if data is None:
                 n = len(self.sample_indices)
                 data, target = alloc((n, *d.shape), d.dtype), alloc((n, *t.shape), t.dtype)
             data[i], target[i] = d, t
-        return Batch(data, target)
+        return Batch(data, target, seeds if deferred else None)
 
 
-def _shared_batch(maker: BatchMaker, key: BatchKey) -> tuple[Any, Any]:
-    """The batch as two torch tensors in shared memory: the queue then passes handles, not 80 MB of pickle."""
+def _shared_batch(maker: BatchMaker, key: BatchKey) -> tuple[Any, Any, np.ndarray | None]:
+    """The batch as two torch tensors in shared memory (the queue then passes handles, not 80 MB of pickle)
+    and its augmentation seeds if deferred."""
     import torch
     tensors = []
 
@@ -126,8 +154,8 @@ def _shared_batch(maker: BatchMaker, key: BatchKey) -> tuple[Any, Any]:
         tensors.append(torch.from_numpy(np.empty(0, dtype)).new_empty(shape).share_memory_())
         return tensors[-1].numpy()
 
-    maker.batch(key, alloc)
-    return tensors[0], tensors[1]
+    seeds = maker.batch(key, alloc).seeds
+    return tensors[0], tensors[1], seeds
 
 
 def _worker(makers: dict[str, BatchMaker], tasks: mp.Queue, results: mp.Queue) -> None:
@@ -195,7 +223,7 @@ class BatchStream:
                 seq, tensors, error = self._get()
                 if error:
                     raise RuntimeError(f"data loading worker failed:\n{error}")
-                done[seq] = Batch(tensors[0].numpy(), tensors[1].numpy())
+                done[seq] = Batch(tensors[0].numpy(), tensors[1].numpy(), tensors[2])
             submit()
             yield done.pop(want)
 

@@ -29,6 +29,7 @@ class TrainOptions:
     pretrained: Path | None = None
     resume: bool = False
     augment: bool = True
+    augment_on: str = "cpu"         # where augmentation runs: cpu (loader workers) or device (batched, data.device_augmentation)
     modality_dropout: float = 0.0   # share of training samples with some (never all) channels zeroed
     validate: bool = True           # sliding-window validation of the held-out cases at the end
     logger: str = "none"             # experiment tracking: none, tensorboard, wandb, mlflow (training.loggers)

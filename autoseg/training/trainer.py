@@ -23,6 +23,7 @@ from tqdm import tqdm
 from autoseg.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.context import ContextSlices, expand_channels
 from autoseg.data.augmentation import AugmentationParams, initial_patch_size
+from autoseg.data.device_augmentation import training_stream
 from autoseg.data.loader import Batch, BatchKey, BatchMaker, BatchStream
 from autoseg.data.splits import Split, fold_cases, load_or_create_splits, parse_fold
 from autoseg.dataset import DatasetInfo
@@ -120,8 +121,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 
 
 def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    data = torch.from_numpy(batch.data).to(device, non_blocking=True)
-    target = torch.from_numpy(batch.target).to(device, non_blocking=True)
+    data = torch.as_tensor(batch.data).to(device, non_blocking=True)   # arrays, or tensors from --augment-on device
+    target = torch.as_tensor(batch.target).to(device, non_blocking=True)
     return data, target
 
 
@@ -306,7 +307,7 @@ def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
     loss_fn = DeepSupervisionLoss(segmentation_loss(data.info.region_based, data.plan.batch_dice, options.dice), data.info.region_based)
     show = options.progress and dist.is_main
     tracked = {"options": options.to_dict(), "plan": data.plan}   # --logger: the run's configuration
-    with BatchStream(batch_makers(data, options, dist), options.workers) as stream, \
+    with training_stream(batch_makers(data, options, dist), options.workers, options.augment_on, device) as stream, \
             open_tracker(options.logger if dist.is_main else "none", fold_dir, f"{data.dataset} {data.plan.name} "
                          f"fold {fold}", tracked, options.epochs) as tracker:
         for epoch in range(log.epochs_done, options.epochs):

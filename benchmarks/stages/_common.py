@@ -147,13 +147,16 @@ class CpuTrace:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        now = time.perf_counter()
+        self.samples.append((now, tree_cpu_seconds()))
+        for name, holds in self.marks.items():
+            if name not in self.marked and holds():
+                self.marked[name] = now
+
     def _run(self) -> None:
         while True:
-            now = time.perf_counter()
-            self.samples.append((now, tree_cpu_seconds()))
-            for name, holds in self.marks.items():
-                if name not in self.marked and holds():
-                    self.marked[name] = now
+            self._sample()
             if self._done.wait(self.interval):
                 return
 
@@ -164,6 +167,7 @@ class CpuTrace:
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join()
+        self._sample()  # a mark reached after the last sample (a run shorter than the interval) is set here
 
     def cpu_seconds(self, t0: float, t1: float) -> float:
         import numpy as np

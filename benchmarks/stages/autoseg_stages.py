@@ -26,12 +26,12 @@ def dataset_paths(work: Path):
     return DatasetPaths(work.resolve() / "autoseg", c.DATASET_NAME)
 
 
-def default_network_plan():
+def default_network_plan(shape: c.PlanShape = c.PLANS["default"]):
     from autoseg.plans import NetworkPlan
 
-    n = len(c.FEATURES)
-    return NetworkPlan(arch="unet", features=list(c.FEATURES), kernel_sizes=[[3, 3, 3]] * n,
-                       strides=[list(s) for s in c.STRIDES], n_conv_encoder=[2] * n, n_conv_decoder=[2] * (n - 1))
+    n = len(shape.features)
+    return NetworkPlan(arch="unet", features=list(shape.features), kernel_sizes=[[3] * len(shape.patch)] * n,
+                       strides=[list(s) for s in shape.strides], n_conv_encoder=[2] * n, n_conv_decoder=[2] * (n - 1))
 
 
 def fingerprint_and_plan(work: Path) -> dict:
@@ -51,17 +51,20 @@ def fingerprint_and_plan(work: Path) -> dict:
     return out
 
 
-def default_topology_plans(work: Path):
-    """autoseg's own plans for this dataset with 3d_fullres set to the default BraTS topology."""
+def default_topology_plans(work: Path, shape: c.PlanShape = c.PLANS["default"]):
+    """autoseg's own plans for this dataset with ``shape.configuration`` set to ``shape`` (by default 3d_fullres
+    with the default BraTS topology; the coarse plan is 3d_fullres at 3 mm with its own topology)."""
     from autoseg.plans import Plans
 
     paths = dataset_paths(work)
     if not paths.plans_json.is_file():
         fingerprint_and_plan(work)
     plans = Plans.load(paths.plans_json)
-    cfg = replace(plans.configurations["3d_fullres"], patch_size=list(c.PATCH), batch_size=c.BATCH,
-                  network=default_network_plan())
-    return replace(plans, configurations={**plans.configurations, "3d_fullres": cfg})
+    cfg = replace(plans.configurations["3d_fullres"], name=shape.configuration, patch_size=list(shape.patch),
+                  batch_size=shape.batch, network=default_network_plan(shape))
+    if shape.spacing is not None:
+        cfg = replace(cfg, spacing=[shape.spacing] * len(shape.patch))
+    return replace(plans, configurations={**plans.configurations, shape.configuration: cfg})
 
 
 def preprocess(work: Path) -> dict:
@@ -79,12 +82,15 @@ def preprocess(work: Path) -> dict:
     return out
 
 
-def ensure_preprocessed(work: Path) -> None:
+def ensure_preprocessed(work: Path, shape: c.PlanShape = c.PLANS["default"]) -> None:
+    """plans.json holds ``shape``'s configuration, and every case is preprocessed for it."""
+    from autoseg.preprocessing import preprocess_dataset
     from autoseg.preprocessing.storage import list_preprocessed_cases
 
     paths = dataset_paths(work)
-    if len(list_preprocessed_cases(paths.config_dir("3d_fullres"))) < len(c.case_ids(work)):
-        preprocess(work)
+    default_topology_plans(work, shape).save(paths.plans_json)
+    if len(list_preprocessed_cases(paths.config_dir(shape.configuration))) < len(c.case_ids(work)):
+        preprocess_dataset(paths, shape.configuration, workers=c.threads())
 
 
 def dataloader(work: Path, batches: int, warmup: int) -> dict:
@@ -147,10 +153,47 @@ def train_step(iters: int, precision: str = "auto") -> dict:
     return out
 
 
-def inference(work: Path, case: str | None, tta: bool) -> dict:
+def train_loop(a, shape: c.PlanShape, precision: str) -> dict:
+    """autoseg's own training loop (``train_fold``: its loader with augmentation in ``--workers`` processes or
+    on the device, steps, per-epoch log line and checkpoint) on fold all: two epochs of ``--iters`` iterations,
+    no validation. The second epoch is timed by the loop itself (its log's epoch time, checkpointing excluded);
+    its CPU use (all processes, workers included) is sampled over the same span."""
+    import torch
+
+    from autoseg.checkpoint import load_checkpoint
+    from autoseg.precision import compute_dtype_for, dtype_name
+    from autoseg.training import TrainOptions, train_fold
+
+    torch.set_num_threads(c.threads())
+    ensure_preprocessed(a.work, shape)
+    paths = dataset_paths(a.work)
+    shutil.rmtree(paths.results, ignore_errors=True)
+    workers = c.threads() if a.workers is None else a.workers
+    options = TrainOptions(epochs=2, iters_per_epoch=a.iters, val_iters=0, workers=workers, device=a.device,
+                           precision=precision, augment_on=a.augment_on, validate=False, progress=False)
+
+    logs: list[Path] = []
+
+    def second_epoch_logged() -> bool:  # polled by the trace: the loop logs epoch 1 as soon as it ends
+        logs[:] = logs or list(paths.results.rglob("log.txt"))
+        return any("epoch 1: train loss" in f.read_text() for f in logs)
+
+    with c.CpuTrace(marks={"epoch 1": second_epoch_logged}) as trace:
+        fold_dir = train_fold(paths, shape.configuration, "all", options)
+    seconds = load_checkpoint(fold_dir / "checkpoint_final.pt")["log"]["epoch_time"][1]
+    end = trace.marked["epoch 1"]
+    return {"iters": a.iters, "seconds": seconds, "iters_per_s": a.iters / seconds,
+            "cpu_use": trace.cpu_seconds(end - seconds, end) / seconds,
+            "precision": dtype_name(compute_dtype_for(precision, torch.device(a.device))),
+            "plan": f"patch {list(shape.patch)} batch {shape.batch}", "device": a.device,
+            "augment_on": a.augment_on, "workers": workers, "gpu_peak_gb": c.gpu_peak_gb(a.device)}
+
+
+def inference(work: Path, case: str | None, tta: bool, shape: c.PlanShape = c.PLANS["default"],
+              device: str = "cpu") -> dict:
     """autoseg.inference.predict_folder on one full-size raw case: read, preprocess, sliding window
     (step 0.5, Gaussian), regions to labels, write NIfTI. Random weights: speed does not depend on them.
-    Precision is the product default (``auto``: bf16 autocast on a CPU with native bf16, else fp32)."""
+    Precision is the product default (``auto``: fp16 on CUDA, bf16 autocast on a CPU with native bf16, else fp32)."""
     import torch
 
     from autoseg.dataset import DatasetInfo
@@ -160,12 +203,12 @@ def inference(work: Path, case: str | None, tta: bool) -> dict:
 
     torch.set_num_threads(c.threads())
     torch.manual_seed(0)
-    cfg = default_topology_plans(work).configurations["3d_fullres"]
+    cfg = default_topology_plans(work, shape).configurations[shape.configuration]
     info = DatasetInfo.load(dataset_paths(work).dataset_json)
-    net = build_network(cfg.network, c.CHANNELS, c.REGIONS, deep_supervision=False).eval()
-    cpu = torch.device("cpu")
-    predictor = Predictor(cfg, info, [net], cpu, mirroring=tta, step=0.5,
-                          compute_dtype=compute_dtype_for("auto", cpu))
+    dev = torch.device(device)
+    net = build_network(cfg.network, c.CHANNELS, c.REGIONS, deep_supervision=False).eval().to(dev)
+    predictor = Predictor(cfg, info, [net], dev, mirroring=tta, step=0.5,
+                          compute_dtype=compute_dtype_for("auto", dev))
     case = case or c.case_ids(work)[0]
     in_dir, out_dir = (work / "autoseg" / name for name in ("predict_input", "pred_tta" if tta else "pred"))
     for d in (in_dir, out_dir):
@@ -177,9 +220,10 @@ def inference(work: Path, case: str | None, tta: bool) -> dict:
     with c.timed(out):
         report = predict_folder(predictor, in_dir, out_dir, progress=False)
     assert report.written == [case], report
+    out["gpu_peak_gb"] = c.gpu_peak_gb(device)
     return out
 
 
 if __name__ == "__main__":
     c.main(__doc__, "autoseg", fingerprint_plan=fingerprint_and_plan, preprocess=preprocess, dataloader=dataloader,
-           train_step=train_step, inference=inference)
+           train_step=train_step, inference=inference, train_loop=train_loop)
