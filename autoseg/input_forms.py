@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,8 +34,18 @@ from autoseg.io import Geometry, atomic_path, keeps_locale, write_image
 from autoseg.slices import (SliceCase, find_image_slices, grey_from_labels, inspect_case, is_slice_file,
                             labels_from_grey, natural_key, read_mask, read_slice_images)
 
-if TYPE_CHECKING:
-    from autoseg.inference.predictor import InputCase
+
+
+@dataclass(frozen=True)
+class InputCase:
+    """One case to predict: its channel files in order and, for BraTS-named inputs, their convention.
+
+    Defined here, below the predictor, because the input forms (slices, DICOM series) make them too."""
+
+    case_id: str
+    channels: tuple[Path, ...]
+    convention: str | None = None
+    form: Any = None   # PNG/TIFF slices or DICOM series: ``channels`` are then its files
 
 
 def _first_error(problems: Sequence[str], what: str) -> AutosegError:
@@ -108,8 +118,6 @@ def _holds_slices(folder: Path) -> bool:
 
 def slice_input_cases(folder: Path, info: DatasetInfo) -> list[InputCase]:
     """The cases of a folder of patient folders or of 2D images, read with the dataset's recorded reading."""
-    from autoseg.inference.predictor import InputCase
-
     problems = ProblemList()
     cases, two_d = find_image_slices(folder, problems)
     problems.raise_if_any(f"cannot read the images in {folder}")
@@ -173,7 +181,6 @@ def _series_files(folder: Path) -> tuple[Path, ...]:
 def dicom_input_cases(src: Path, info: DatasetInfo) -> list[InputCase] | None:
     """Cases of a mapping file, of one series folder, or of a folder of series folders; None if ``src`` is none."""
     from autoseg.dicom import read_mapping
-    from autoseg.inference.predictor import InputCase
 
     def case(case_id: str, folders: tuple[Path, ...]) -> InputCase:
         files = tuple(f for folder in folders if folder.is_dir() for f in _series_files(folder)) or folders

@@ -30,7 +30,7 @@ ORDER = [
     "fingerprint", "planning", "preprocessing", "data", "postprocessing", "input_forms", "inference", "ensemble",
     "evaluation", "training",
     # sharing trained models (export and import of fold folders)
-    "packaging",
+    "packaging", "deployment",
     # orchestration: the demo runs the whole path, the CLI parses arguments and calls a stage
     "demo", "demo_stroke", "cli",
 ]

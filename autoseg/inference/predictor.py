@@ -33,7 +33,7 @@ from autoseg.errors import AutosegError, fail
 from autoseg.inference.sliding_window import (eval_mode, logits_to_probabilities, mirror_combinations,
                                               sliding_window_logits)
 from autoseg.inference.uncertainty import RunningVariance, uncertainty_paths, write_case_uncertainty, write_scores_csv
-from autoseg.input_forms import form_input_cases
+from autoseg.input_forms import InputCase, form_input_cases
 from autoseg.io import Geometry, read_image, save_npz_atomic, write_image
 from autoseg.network import network_for_dataset
 from autoseg.parallel import shard as shard_items
@@ -44,16 +44,6 @@ from autoseg.precision import compute_dtype_for
 from autoseg.preprocessing import preprocess_case, restore_probabilities
 
 CHECKPOINTS = ("final", "best", "latest")
-
-
-@dataclass(frozen=True)
-class InputCase:
-    """One case to predict: its channel files in order and, for BraTS-named inputs, their convention."""
-
-    case_id: str
-    channels: tuple[Path, ...]
-    convention: str | None = None
-    form: Any = None   # PNG/TIFF slices or DICOM series (autoseg.input_forms): ``channels`` are then its files
 
 
 def find_input_cases(folder: str | Path, num_channels: int, file_ending: str = ".nii.gz") -> list[InputCase]:
