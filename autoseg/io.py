@@ -27,6 +27,18 @@ import SimpleITK as sitk
 from autoseg.errors import AutosegError, fail
 
 
+def make_folder(folder: str | os.PathLike) -> None:
+    """Create an output folder (and its parents) if needed; why it cannot be is one line naming it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise fail(folder, "cannot create this folder (permission denied)", "choose a writable output folder") from None
+    except (FileExistsError, NotADirectoryError):
+        raise fail(folder, "cannot create this folder (a file is in the way: it or a parent is not a folder)",
+                   "choose another output folder or move that file") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
@@ -35,13 +47,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except PermissionError:
-        raise fail(path.parent, "cannot create this folder (permission denied)", "choose a writable output folder") from None
-    except (FileExistsError, NotADirectoryError):
-        raise fail(path.parent, "cannot create this folder (a file is in the way: it or a parent is not a folder)",
-                   "choose another output folder or move that file") from None
+    make_folder(path.parent)
     if suffix is None:
         suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     try:
@@ -288,6 +294,43 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, 
     image = geometry.apply_to(sitk.GetImageFromArray(array))
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
+        _check_written(tmp, array.nbytes, compress)
+
+
+def _check_written(path: Path, nbytes: int, compressed: bool) -> None:
+    """Raise ``OSError`` (ENOSPC when the disk is full) if SimpleITK left ``path`` incomplete.
+
+    SimpleITK reports nothing when the disk fills up while it writes: it leaves an empty or truncated file, which
+    would be renamed into place as a finished output. So a gzip file is read through to its checksum and must
+    hold the voxels, as must an uncompressed one, and any other (no cheap check) is refused when the disk is
+    full after writing it.
+    """
+    try:
+        if path.name.endswith(".gz"):
+            import gzip
+            total = 0
+            with gzip.open(path, "rb") as f:
+                while block := f.read(1 << 22):
+                    total += len(block)
+            if total < nbytes:   # (an empty file is a valid empty gzip stream)
+                raise EOFError("shorter than its voxels")
+        elif path.name.endswith((".nii", ".mha", ".nrrd")) and (path.name.endswith(".nii") or not compressed):
+            if path.stat().st_size < nbytes:   # (.mhd: the voxels are in another file)
+                raise EOFError("shorter than its voxels")
+        elif _free_bytes(path.parent) == 0:
+            raise EOFError("the disk is full")
+    except (OSError, EOFError, zlib.error) as e:
+        full = _free_bytes(path.parent) < max(nbytes, 1 << 20)
+        raise OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC) if full else
+                      f"written incompletely ({e})", str(path)) from None
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
 
 
 def _check_3d(path: Path, size: tuple[int, ...], components: int = 1) -> None:
