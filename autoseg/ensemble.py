@@ -2,7 +2,8 @@
 
 Each ``CASE.npz`` holds float16 probabilities in the case's original grid and, as JSON, its geometry,
 the dataset labels and the input's label convention, so segmentations can be written without the
-images. Cases present in only some folders are reported and skipped; finished outputs are kept.
+images. Cases present in only some folders are reported and skipped; outputs whose provenance record matches
+their inputs are kept, outputs of other inputs (a folder predicted again) are redone.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from autoseg.dataset import DatasetInfo
 from autoseg.errors import AutosegError, fail
 from autoseg.inference.predictor import PredictionReport, save_probabilities, segmentation_from_probabilities
 from autoseg.io import Geometry, write_image
+from autoseg.locks import write_lock
 from autoseg.postprocessing import PostprocessingPlan
+from autoseg.provenance import (case_record, drop_record, make_record, postprocessing_identity, staleness,
+                                write_record)
 
 
 @dataclass(frozen=True)
@@ -86,18 +90,35 @@ def ensemble_folders(input_dirs: Sequence[str | Path], output_dir: str | Path,
     for d, ids in zip(dirs, ids_per_dir):
         report.failed += [f"{d / (c + '.npz')}: missing from the other folders, skipped" for c in sorted(ids - common)]
     out = Path(output_dir)
-    for cid in tqdm(sorted(common), desc="ensemble", unit="case", disable=not progress):
-        seg_path, npz_path = out / f"{cid}.nii.gz", out / f"{cid}.npz"
-        if seg_path.is_file() and (npz_path.is_file() or not save_probs):
-            report.skipped.append(cid)
-            continue
-        try:
-            mean = ensemble_case([d / f"{cid}.npz" for d in dirs])
-            if save_probs:
-                save_probabilities(npz_path, mean.probabilities, mean.geometry, mean.info, mean.convention)
-            seg = segmentation_from_probabilities(mean.probabilities, mean.info, mean.convention, postprocessing)
-            write_image(seg_path, seg, mean.geometry)
-            report.written.append(cid)
-        except AutosegError as e:
-            report.failed.append(str(e))
+    if any(out.resolve() == d.resolve() for d in dirs):
+        raise fail(out, "is also an input folder (-i): the ensemble would overwrite the predictions it averages",
+                   "write the ensemble to another folder with -o")
+    post = postprocessing_identity(postprocessing)
+    with write_lock(out, "ensembling", "write to another folder with -o"):
+        for cid in tqdm(sorted(common), desc="ensemble", unit="case", disable=not progress):
+            inputs = [d / f"{cid}.npz" for d in dirs]
+            seg_path, npz_path = out / f"{cid}.nii.gz", out / f"{cid}.npz"
+            try:
+                record = make_record("autoseg-ensemble", inputs, {"postprocessing": post})
+            except OSError as e:   # (an input removed meanwhile)
+                report.failed.append(str(fail(e.filename, f"cannot be read ({e.strerror})",
+                                              "rerun autoseg-predict --save-probabilities")))
+                continue
+            if seg_path.is_file() and (npz_path.is_file() or not save_probs):
+                why = staleness(case_record(out, cid), record)
+                if why is None:
+                    report.skipped.append(cid)
+                    continue
+                report.stale[cid] = why
+            try:
+                mean = ensemble_case(inputs)
+                drop_record(case_record(out, cid))
+                if save_probs:
+                    save_probabilities(npz_path, mean.probabilities, mean.geometry, mean.info, mean.convention)
+                seg = segmentation_from_probabilities(mean.probabilities, mean.info, mean.convention, postprocessing)
+                write_image(seg_path, seg, mean.geometry)
+                write_record(case_record(out, cid), record)
+                report.written.append(cid)
+            except AutosegError as e:
+                report.failed.append(str(e))
     return report

@@ -60,7 +60,7 @@ def test_missing_or_corrupt_cases_are_reported(tmp_path: Path, capsys) -> None:
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "only_a.npz" in err and "bad.npz" in err and "1 written" in err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz", "provenance"]
 
 
 def _tumour(shape=(20, 20, 20), blob: bool = True) -> np.ndarray:

@@ -87,7 +87,7 @@ def test_bad_cases_are_reported_and_others_finish(trained_home: Path, tmp_path: 
     assert "case_006_0002.nii.gz" in err and "case_007_0003.nii.gz" in err and "1 written" in err
     assert (out / "case_009.nii.gz").is_file()
     assert not (out / "case_006.nii.gz").exists() and not (out / "case_007.nii.gz").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["case_009.nii.gz", "case_009.png"]  # no temporary files
+    assert sorted(p.name for p in out.iterdir()) == ["case_009.nii.gz", "case_009.png", "provenance"]  # no temporaries
 
 
 def test_folds_are_averaged_in_logit_space(trained_home: Path) -> None:
@@ -125,7 +125,8 @@ def test_missing_checkpoint_is_one_line(synthetic_home: Path, tmp_path: Path, ca
 def test_shards_split_the_cases(trained_home: Path, tmp_path: Path) -> None:
     raw = trained_home / "raw" / DS / "imagesTs"
     report = predict_folder(_predictor(trained_home), raw, tmp_path / "out", shard=(1, 2), progress=False)
-    assert report.written == ["case_007"] and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case_007.nii.gz"]
+    assert report.written == ["case_007"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case_007.nii.gz", "provenance"]
 
 
 def test_compile_failure_falls_back_to_eager(trained_home: Path, monkeypatch, capsys) -> None:

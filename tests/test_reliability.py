@@ -368,7 +368,7 @@ def test_predict_skips_a_bad_case_and_finishes_the_others(work: Path, capsys, wh
     failed = [ln for ln in lines if ln.startswith("failed: ")]
     assert len(failed) == 1 and str(target) in failed[0] and "; " in failed[0], lines
     assert lines[-1].startswith("1 written, 0 already done, 1 failed") and len(lines) == 2, lines
-    assert sorted(p.name for p in out.iterdir()) == ["case_004.nii.gz", "earlier.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["case_004.nii.gz", "earlier.nii.gz", "provenance"]
     assert (out / "case_004.nii.gz").read_bytes() == (work / "pred" / "case_004.nii.gz").read_bytes()
     assert all(snapshot(out)[k] == v for k, v in before.items())
     record(what, "autoseg-predict", code, lines, "earlier predictions; the good case is written", work)
@@ -539,6 +539,7 @@ def test_full_disk_while_predicting_keeps_earlier_predictions(work: Path, capsys
     assert code == 2, lines
     failed = [ln for ln in lines if ln.startswith("failed: ")]
     assert len(failed) == 1 and str(out / "case_005.nii.gz") in failed[0] and "no space left" in failed[0].lower(), lines
+    del before[str(out / "provenance" / "case_005.json")]   # (the record of the deleted output goes with it)
     assert snapshot(out) == before and not list(out.glob(".*tmp*"))
     record("disk full (ENOSPC) while writing", "autoseg-predict", code, lines,
            "earlier predictions; no temporary file left", work)
@@ -726,7 +727,7 @@ def test_predict_all_zero_channel(work: Path, capsys) -> None:
     code, lines = run(predict_main, ["-i", inp, "-o", out, "--home", work / "home", *PREDICT_ARGS], capsys)
     assert code == 2 and len(lines) == 2, lines
     assert lines[0].startswith("failed: case_005: ") and str(inp / "case_005_0001.nii.gz") in lines[0], lines
-    assert sorted(p.name for p in out.iterdir()) == ["case_004.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["case_004.nii.gz", "provenance"]
     record("all-zero image", "autoseg-predict", code, lines, "the other cases are written", work)
 
 
@@ -937,7 +938,7 @@ def test_files_other_systems_leave_beside_images_are_ignored(work: Path, capsys)
     code, lines = run(predict_main, ["-i", paths.raw / "imagesTs", "-o", work / "out", "--home", work / "home",
                                      *PREDICT_ARGS], capsys)
     assert code == 0 and lines[-1].startswith("2 written, 0 already done, 0 failed"), lines
-    assert sorted(p.name for p in (work / "out").iterdir()) == ["case_004.nii.gz", "case_005.nii.gz"]
+    assert sorted(p.name for p in (work / "out").iterdir()) == ["case_004.nii.gz", "case_005.nii.gz", "provenance"]
     record(".DS_Store, Thumbs.db, desktop.ini, ._CASE_0000.nii.gz, __MACOSX/ beside the images", "autoseg-predict",
            code, lines, "(ignored; the 2 cases are predicted)", work)
     src = _brats_src(work)
@@ -986,7 +987,7 @@ def test_a_path_too_long_for_the_file_system_fails_that_case_only(work: Path, ca
     assert shown[0].startswith("failed: case_005_yyy…y: …/OUT/case_005_yyy…y.nii.gz: path too long for the file "
                                "system"), shown
     assert shown[1].startswith("1 written, 0 already done, 1 failed"), shown
-    assert sorted(p.name for p in out.iterdir()) == ["case_004.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["case_004.nii.gz", "provenance"]
     record("output path longer than the file system allows (one case of two)", "autoseg-predict", code, shown,
            "the other case is written", work)
 
@@ -1088,3 +1089,164 @@ def test_preprocess_names_a_case_that_runs_out_of_memory_and_finishes_the_others
     assert sorted(p.name for p in out.glob("*.json")) == ["case_000.json", "case_002.json", "case_003.json"]
     record("out of memory while resampling one case", "autoseg-preprocess", code, lines,
            "the other cases are written", work)
+
+
+# ---------------------------------------------------------------- outputs record what made them (item 3)
+
+def _predict(work: Path, out: Path, capsys, *extra: str) -> tuple[int, list[str]]:
+    return run(predict_main, ["-i", _paths(work).raw / "imagesTs", "-o", out, "--home", work / "home", *PREDICT_ARGS,
+                              "--save-probabilities", *extra], capsys)
+
+
+def test_predict_redoes_stale_outputs_and_skips_only_up_to_date_ones(work: Path, capsys) -> None:
+    """Each case's outputs have a record of what made them (OUT/provenance/CASE.json): the same command again
+    skips them; after retraining, a rewritten input, another option, or without a record they are redone, and the
+    summary says how many and why. After retraining it used to say "0 written, 2 already done" (exit 0) and keep
+    the old model's predictions."""
+    paths, out = _paths(work), work / "out"
+    code, lines = _predict(work, out, capsys)
+    assert code == 0 and lines[-1].startswith("2 written, 0 already done, 0 failed"), lines
+    assert sorted(p.name for p in (out / "provenance").iterdir()) == ["case_004.json", "case_005.json"]
+    first = snapshot(out)
+    code, lines = _predict(work, out, capsys)
+    assert code == 0 and lines[-1].startswith("0 written, 2 already done, 0 failed"), lines
+    assert snapshot(out) == first
+    record("the same command again, nothing changed", "autoseg-predict", code, lines, "every output", work)
+
+    fold_checkpoint(paths, seed=1)          # the fold retrained
+    code, lines = _predict(work, out, capsys)
+    assert code == 0 and lines[-1].startswith("2 written (2 of them stale, redone: another model), 0 already done, "
+                                              "0 failed"), lines
+    assert all(snapshot(out)[str(out / f"case_00{i}.npz")] != first[str(out / f"case_00{i}.npz")] for i in (4, 5))
+    record("outputs of the model before retraining (same -o)", "autoseg-predict", code, lines, "-", work)
+
+    image = paths.raw / "imagesTs" / "case_005_0002.nii.gz"
+    image.write_bytes(image.read_bytes())   # rewritten (as a re-export or a new copy would)
+    code, lines = _predict(work, out, capsys)
+    assert code == 0 and lines[-1].startswith("1 written (1 of them stale, redone: changed inputs), 1 already done"), \
+        lines
+    record("an input image rewritten since", "autoseg-predict", code, lines, "the other case's outputs", work)
+
+    code, lines = _predict(work, out, capsys, "--step", "0.75")
+    assert code == 0 and lines[-1].startswith("2 written (2 of them stale, redone: other options)"), lines
+
+    shutil.rmtree(out / "provenance")          # outputs of an older autoseg, or copied from elsewhere
+    code, lines = _predict(work, out, capsys, "--step", "0.75")
+    assert code == 0 and lines[-1].startswith("2 written (2 of them stale, redone: no record of what made them)"), \
+        lines
+    record("outputs without a record (an older version, another tool)", "autoseg-predict", code, lines, "-", work)
+
+
+def test_ensemble_into_an_input_folder_is_refused_and_a_changed_input_is_redone(work: Path, capsys) -> None:
+    """-o A with -i A B used to report every case "already done" (A's own segmentations) with exit 0; now one line,
+    exit 2, nothing touched. An ensemble whose input folder was predicted again is redone."""
+    from autoseg.cli.ensemble import main as ensemble_main
+    a, b, ens = work / "a", work / "b", work / "ens"
+    assert _predict(work, a, capsys)[0] == 0
+    shutil.copytree(a, b)
+    before = snapshot(a, b)
+    code, lines = run(ensemble_main, ["-i", a, b, "-o", a], capsys)
+    line = expect_one_line(code, lines, a, "autoseg-ensemble")
+    assert "also an input folder" in line, line
+    assert snapshot(a, b) == before
+    record("-o is one of the -i folders", "autoseg-ensemble", code, lines, "both input folders", work)
+    code, lines = run(ensemble_main, ["-i", a, b, "-o", ens], capsys)
+    assert code == 0 and lines[-1].startswith("2 written, 0 already done"), lines
+    code, lines = run(ensemble_main, ["-i", a, b, "-o", ens], capsys)
+    assert code == 0 and lines[-1].startswith("0 written, 2 already done"), lines
+    fold_checkpoint(_paths(work), seed=1)
+    assert _predict(work, a, capsys)[0] == 0          # folder A predicted again by the retrained model
+    code, lines = run(ensemble_main, ["-i", a, b, "-o", ens], capsys)
+    assert code == 0 and lines[-1].startswith("2 written (2 of them stale, redone: changed inputs), 0 already done"), \
+        lines
+    record("an input folder predicted again since", "autoseg-ensemble", code, lines, "-", work)
+
+
+def test_evaluate_records_the_files_it_scored(work: Path, capsys) -> None:
+    """summary.provenance.json beside summary.json: every prediction and reference scored (name, size, time) and
+    the options; written with the results, so it always describes them."""
+    paths, ev = _paths(work), work / "ev"
+    ref = paths.raw / "labelsTs"
+    code, lines = run(evaluate_main, ["-p", work / "pred", "-r", ref, "--home", work / "home", "-o", ev], capsys)
+    assert code == 0, lines
+    prov = json.loads((ev / "summary.provenance.json").read_text())
+    scored = [(p["name"], p["size"]) for p in prov["inputs"]]
+    assert scored == [(p.name, p.stat().st_size) for c in ("case_004", "case_005")
+                      for p in (work / "pred" / f"{c}.nii.gz", ref / f"{c}.nii.gz")], scored
+    assert prov["command"] == "autoseg-evaluate" and prov["options"]["dataset"]["labels"]
+
+
+# ---------------------------------------------------------------- one writer per folder (items 5 and 7)
+
+def _writers(work: Path) -> dict[str, tuple[Callable, list, Path]]:
+    """Each command that writes a folder: its main, arguments, and the folder it locks."""
+    from autoseg.cli.ensemble import main as ensemble_main
+    paths, home = _paths(work), work / "home"
+    return {
+        "autoseg-preprocess": (preprocess_main, ["--home", home, "-np", "1"], paths.config_dir("3d_fullres")),
+        "autoseg-train": (train_main, ["3d_fullres", "fold0", "--home", home, "--epochs", "1", "--iters-per-epoch",
+                                       "1", "--val-iters", "0", "--workers", "0", "--device", "cpu", "--resume"],
+                          paths.fold_dir("3d_fullres", 0)),
+        "autoseg-predict": (predict_main, ["-i", paths.raw / "imagesTs", "-o", work / "out", "--home", home,
+                                           *PREDICT_ARGS], work / "out"),
+        "autoseg-ensemble": (ensemble_main, ["-i", work / "a", work / "b", "-o", work / "ens"], work / "ens"),
+        "autoseg-evaluate": (evaluate_main, ["-p", work / "pred", "-r", paths.raw / "labelsTs", "--home", home,
+                                             "-o", work / "ev"], work / "ev"),
+    }
+
+
+WRITERS = ["autoseg-preprocess", "autoseg-train", "autoseg-predict", "autoseg-ensemble", "autoseg-evaluate"]
+
+
+@pytest.mark.parametrize("prog", WRITERS)
+def test_a_second_writer_of_a_folder_is_refused_naming_the_holder(work: Path, capsys, prog: str) -> None:
+    """While a folder is being written (its lock held by a live process: here this one), a second command writing
+    it stops at once: one line naming the holder (host, pid, since when), exit 2, nothing written. Two
+    autoseg-train of one fold, or two autoseg-preprocess of one dataset, used to run at once (every log line
+    twice; temporaries raced)."""
+    import socket
+
+    from autoseg.locks import write_lock
+    if prog == "autoseg-ensemble":
+        assert _predict(work, work / "a", capsys)[0] == 0
+        shutil.copytree(work / "a", work / "b")
+    main, argv, folder = _writers(work)[prog]
+    with write_lock(folder, "run of the same command", "x"):
+        before = snapshot(folder)
+        code, lines = run(main, argv, capsys)
+        assert snapshot(folder) == before
+    line = expect_one_line(code, lines, folder, prog)
+    assert "being written by another run of the same command (" in line, line
+    assert f"pid {os.getpid()} on host {socket.gethostname()}, since 20" in line, line
+    assert "wait for it to finish" in line, line
+    shown = [ln.replace(f"pid {os.getpid()}", "pid 4242").replace(socket.gethostname(), "HOST") for ln in lines]
+    shown = [re.sub(r"\(\S+, pid", "(COMMAND, pid", re.sub(r"since [\d-]+ [\d:]+", "since DATE TIME", ln))
+             for ln in shown]
+    record("the folder is being written by another command", prog, code, shown, "the folder", work)
+
+
+@pytest.mark.parametrize("prog", ["autoseg-predict", "autoseg-train"])
+def test_a_stale_lock_of_a_dead_process_is_taken_over_and_another_hosts_is_not(work: Path, capsys,
+                                                                               prog: str) -> None:
+    """A lock left by a process killed outright (same host, pid gone) is taken over, and released at the end; a lock
+    of another host is refused (it cannot be checked from here), naming the file to delete if that job is gone."""
+    import socket
+    import subprocess
+    import time
+
+    from autoseg.locks import LOCK_NAME
+    main, argv, folder = _writers(work)[prog]
+    folder.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    holder = {"what": "prediction", "command": prog, "pid": dead.pid, "since": time.time() - 60}
+    lock = folder / LOCK_NAME
+    lock.write_text(json.dumps({**holder, "host": socket.gethostname()}))
+    code, lines = run(main, argv, capsys)
+    assert code == 0 and not lock.exists(), lines
+    lock.write_text(json.dumps({**holder, "host": "node-elsewhere-17"}))
+    code, lines = run(main, argv, capsys)
+    line = expect_one_line(code, lines, folder, prog)
+    assert "on host node-elsewhere-17" in line and f"if that job is gone, delete {lock}" in line, line
+    shown = [re.sub(r"pid \d+", "pid 4242", re.sub(r"since [\d-]+ [\d:]+", "since DATE TIME", ln)) for ln in lines]
+    record("a lock of another host", prog, code, shown, "the folder; the lock", work)

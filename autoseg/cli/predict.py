@@ -12,14 +12,17 @@ from autoseg.errors import run_cli
 from autoseg.inference.predictor import CHECKPOINTS, PredictionReport, Predictor, channel_indices, predict_folder
 from autoseg.postprocessing import PostprocessingPlan
 from autoseg.precision import PRECISIONS
+from autoseg.provenance import stale_summary
 
 
 def print_report(report: PredictionReport, out: str) -> int:
-    """Summary line on stderr, one line per failed case; exit code 2 if any case failed."""
+    """Summary line on stderr (with how many of the written cases were stale and why), one line per failed case;
+    exit code 2 if any case failed."""
     for line in report.failed:
         print(f"failed: {line}", file=sys.stderr)
-    print(f"{len(report.written)} written, {len(report.skipped)} already done, {len(report.failed)} failed -> {out}",
-          file=sys.stderr)
+    stale = stale_summary({c: why for c, why in report.stale.items() if c in report.written})
+    written = f"{len(report.written)} written" + (f" ({stale})" if stale else "")
+    print(f"{written}, {len(report.skipped)} already done, {len(report.failed)} failed -> {out}", file=sys.stderr)
     return 2 if report.failed else 0
 
 

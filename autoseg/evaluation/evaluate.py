@@ -3,7 +3,8 @@
 Predictions are ``PRED/CASE<ending>``; a reference is ``REF/CASE<ending>`` or a BraTS case folder
 ``REF/CASE/`` holding its ``_seg``/``-seg`` file, where the ending is the dataset's ``file_ending`` or any
 3D format the package reads (.nii.gz, .nii, .mha, .mhd, .nrrd). Writes ``metrics.csv`` (one row per case)
-and ``summary.json`` (mean, median and std per label/region and metric, plus every case), both or neither:
+and ``summary.json`` (mean, median and std per label/region and metric, plus every case), with
+``summary.provenance.json`` (the prediction and reference files scored and the options), all or none:
 a run that scores no case writes nothing, so earlier results stay. HD95 uses the reference's voxel spacing.
 A case that cannot be evaluated is reported in one line; the rest finish.
 """
@@ -29,7 +30,9 @@ from autoseg.evaluation.calibration import calibration_and_ranking, check_inputs
 from autoseg.evaluation.lesions import LESION_COUNTS, LESION_HD95_PENALTY, LESION_METRICS, LesionSettings
 from autoseg.evaluation.metrics import EMPTY_HD95, METRICS, case_metrics, evaluated_masks
 from autoseg.io import atomic_path, read_image
+from autoseg.locks import write_lock
 from autoseg.parallel import children_ignore_ctrl_c
+from autoseg.provenance import make_record
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 SUMMARIZED = (*METRICS, "nsd", *LESION_METRICS)
@@ -174,9 +177,11 @@ def metric_rows(per_case: dict[str, dict[str, dict[str, float]]]) -> list[dict[s
             for cid, ms in per_case.items()]
 
 
-def write_results(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """``summary.json`` and ``metrics.csv``, both or neither: each goes to a temporary name and the two are
-    renamed into place only when both are complete, so a failure keeps the earlier pair as it was."""
+def write_results(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]],
+                  provenance: dict[str, Any] | None = None) -> None:
+    """``summary.json`` and ``metrics.csv`` (and ``summary.provenance.json``, what they were computed from), all or
+    none: each goes to a temporary name and they are renamed into place only when all are complete, so a failure
+    keeps the earlier ones as they were."""
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(out / "summary.json"))
         with open(tmp, "w") as f:
@@ -191,6 +196,12 @@ def write_results(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]
                 w.writerows(rows)
             f.flush()
             os.fsync(f.fileno())
+        if provenance is not None:
+            tmp = stack.enter_context(atomic_path(out / "summary.provenance.json"))
+            with open(tmp, "w") as f:
+                f.write(json.dumps(provenance, indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def _run(args: tuple[EvalCase, DatasetInfo, float | None, LesionSettings | None]
@@ -215,6 +226,17 @@ def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, info: DatasetInfo
     """
     out = Path(out_dir) if out_dir is not None else Path(pred_dir)
     cases, problems = find_eval_cases(pred_dir, ref_dir, endings_for(info))
+    options = {"dataset": info.to_dict(), "calibration": calibration, "uncertainty": uncertainty,
+               **_settings(nsd_tolerance, lesions)}
+    record = make_record("autoseg-evaluate", [p for c in cases for p in (c.pred, c.ref)], options)
+    with write_lock(out, "evaluation", "write the results to another folder with -o"):
+        return _evaluate(cases, problems, info, out, workers, overlays, report, progress, nsd_tolerance, lesions,
+                         calibration, uncertainty, record)
+
+
+def _evaluate(cases: list[EvalCase], problems: list[str], info: DatasetInfo, out: Path, workers: int, overlays: bool,
+              report: bool, progress: bool, nsd_tolerance: float | None, lesions: LesionSettings | None,
+              calibration: bool, uncertainty: bool, provenance: dict[str, Any]) -> Evaluation:
     result = Evaluation(failed=problems)
     if calibration or uncertainty:   # a missing input file stops the run now, not after every case is scored
         check_inputs(cases, calibration, uncertainty)
@@ -246,7 +268,7 @@ def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, info: DatasetInfo
         result.summary.update(sections)
         result.failed += failed
     rows = metric_rows(result.per_case)
-    write_results(out, result.summary, rows)
+    write_results(out, result.summary, rows, provenance)
     pngs = write_overlays(cases, info, out / "overlays") if overlays or report else {}
     if report:
         from autoseg.report import write_report_html

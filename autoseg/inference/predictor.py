@@ -35,6 +35,7 @@ from autoseg.inference.sliding_window import (eval_mode, logits_to_probabilities
 from autoseg.inference.uncertainty import RunningVariance, uncertainty_paths, write_case_uncertainty, write_scores_csv
 from autoseg.input_forms import InputCase, form_input_cases
 from autoseg.io import Geometry, read_image, save_npz_atomic, write_image
+from autoseg.locks import lock_name, write_lock
 from autoseg.network import network_for_dataset
 from autoseg.parallel import shard as shard_items
 from autoseg.paths import DatasetPaths
@@ -42,6 +43,8 @@ from autoseg.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, 
 from autoseg.postprocessing import PostprocessingPlan
 from autoseg.precision import compute_dtype_for
 from autoseg.preprocessing import preprocess_case, restore_probabilities
+from autoseg.provenance import (case_record, drop_record, make_record, model_identity, postprocessing_identity,
+                                staleness, write_record)
 
 CHECKPOINTS = ("final", "best", "latest")
 
@@ -315,11 +318,13 @@ def save_probabilities(path: Path, probs: np.ndarray, geometry: Geometry, info: 
 
 @dataclass
 class PredictionReport:
-    """What :func:`predict_folder` did: cases written, skipped as finished, and failures (one line each)."""
+    """What :func:`predict_folder` did: cases written, skipped as up to date, and failures (one line each); which
+    of the written cases had outputs that were stale (made by another model, from other inputs or options)."""
 
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    stale: dict[str, str] = field(default_factory=dict)   # case -> why its earlier outputs were out of date
 
 
 def output_paths(out_dir: Path, case_id: str) -> tuple[Path, Path]:
@@ -359,17 +364,47 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
     except OSError as e:
         raise fail(out_dir, f"cannot create the output folder ({e.strerror or e})",
                    "choose a writable folder with -o") from None
-    todo = []
-    for case in cases:
-        if _is_done(case, out_dir, save_probs) and (
-                not uncertainty or uncertainty_paths(out_dir, case.case_id)[2].is_file()):
-            report.skipped.append(case.case_id)
-        else:
-            todo.append(case)
+    with write_lock(out_dir, "prediction", "write to another folder with -o", lock_name(shard)):
+        todo = []
+        model = model_identity(predictor.networks, asdict(predictor.config), predictor.info.to_dict())
+        for case in cases:
+            record = _record(predictor, model, case, postprocessing)
+            if _is_done(case, out_dir, save_probs) and (
+                    not uncertainty or uncertainty_paths(out_dir, case.case_id)[2].is_file()):
+                why = "inputs unreadable" if record is None else staleness(case_record(out_dir, case.case_id), record)
+                if why is None:
+                    report.skipped.append(case.case_id)
+                    continue
+                report.stale[case.case_id] = why
+            todo.append((case, record))
+        _predict_cases(predictor, todo, out_dir, report, save_probs, postprocessing, overlay_png, progress,
+                       uncertainty)
+    return report
+
+
+def _record(predictor: Predictor, model: dict, case: InputCase, postprocessing: PostprocessingPlan | None
+            ) -> dict | None:
+    """What the case's outputs depend on (:mod:`autoseg.provenance`); None if an input cannot be looked at (the
+    case then fails when it is read, with its own message)."""
+    post = postprocessing_identity(postprocessing)
+    options = {"mirror_axes": list(predictor.mirror_axes), "step": predictor.step,
+               "precision": str(predictor.compute_dtype), "missing_channels": sorted(predictor.missing_channels),
+               "postprocessing": post, "convention": case.convention}
+    inputs = [p for c, p in enumerate(case.channels) if c not in predictor.missing_channels]
+    try:
+        return make_record("autoseg-predict", inputs, options, model)
+    except OSError:
+        return None
+
+
+def _predict_cases(predictor: Predictor, todo: list[tuple[InputCase, dict | None]], out_dir: Path,
+                   report: PredictionReport, save_probs: bool, postprocessing: PostprocessingPlan | None,
+                   overlay_png: bool, progress: bool, uncertainty: bool) -> None:
+    records = {case.case_id: record for case, record in todo}
     bar = tqdm(total=len(todo), desc="predict", unit="case", disable=not progress)
     with ThreadPoolExecutor(1) as writer:
         pending: list[Future] = []
-        for case, loaded in _prefetch(todo, predictor.missing_channels):
+        for case, loaded in _prefetch([case for case, _ in todo], predictor.missing_channels):
             try:
                 images, geometry = loaded.result()
                 if uncertainty:
@@ -378,7 +413,7 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
                     probs, variance = predictor.predict(images, geometry, progress), None
                 pending.append(writer.submit(_export, case, probs, geometry, predictor.info, out_dir, save_probs,
                                              postprocessing, images[-1] if overlay_png else None, variance,
-                                             predictor.num_members))
+                                             predictor.num_members, records[case.case_id]))
                 report.written.append(case.case_id)
             except AutosegError as e:
                 report.failed.append(f"{case.case_id}: {e}")
@@ -395,13 +430,13 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
             write_scores_csv(out_dir)
         except AutosegError as e:
             report.failed.append(str(e))
-    return report
 
 
 def _export(case: InputCase, probs: np.ndarray, geometry: Geometry, info: DatasetInfo, out_dir: Path,
             save_probs: bool, postprocessing: PostprocessingPlan | None, image: np.ndarray | None,
-            variance: np.ndarray | None = None, members: int = 0) -> None:
+            variance: np.ndarray | None = None, members: int = 0, record: dict | None = None) -> None:
     seg_path, npz_path = output_paths(out_dir, case.case_id)
+    drop_record(case_record(out_dir, case.case_id))   # (outputs half rewritten are never taken for up to date)
     if save_probs:
         save_probabilities(npz_path, probs, geometry, info, case.convention)
     seg = segmentation_from_probabilities(probs, info, case.convention, postprocessing)
@@ -416,3 +451,5 @@ def _export(case: InputCase, probs: np.ndarray, geometry: Geometry, info: Datase
         from autoseg.visualize import save_overlay_png
         overlays = out_dir / "overlays" if case.form is not None else out_dir   # 2D PNG outputs are CASE.png
         save_overlay_png(image, seg, overlays / f"{case.case_id}.png", title=case.case_id)
+    if record is not None:
+        write_record(case_record(out_dir, case.case_id), record)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from autoseg.dataset import CaseFiles, DatasetInfo, load_dataset
 from autoseg.errors import AutosegError, ProblemList, fail
 from autoseg.io import Geometry, read_image
+from autoseg.locks import lock_name, write_lock
 from autoseg.parallel import WorkerDied, process_map
 from autoseg.parallel import shard as shard_items
 from autoseg.paths import DatasetPaths
@@ -157,8 +158,10 @@ def preprocess_dataset(paths: DatasetPaths, configuration: str = "3d_fullres", w
                disable=not tasks)
     done: list[str] = []
     problems = ProblemList()
+    lock = write_lock(out_dir, f"preprocessing of {configuration}", "preprocess another data root (--home)",
+                      lock_name(shard))   # (the jobs of a --shard array each have their own)
     try:  # closing(): Ctrl-C stops the pool here and now, not whenever the suspended generator is collected
-        with contextlib.closing(_run(tasks, workers)) as results:
+        with lock, contextlib.closing(_run(tasks, workers)) as results:
             for cid, problem in results:
                 if problem is None:
                     done.append(cid)

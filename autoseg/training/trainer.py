@@ -28,6 +28,7 @@ from autoseg.data.loader import Batch, BatchKey, BatchMaker, BatchStream
 from autoseg.data.splits import Split, fold_cases, load_or_create_splits, parse_fold
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail, interrupts_deferred
+from autoseg.locks import TRAINING, TRAINING_FIX, write_lock
 from autoseg.paths import DatasetPaths
 from autoseg.plans import ConfigurationPlan, Plans
 from autoseg.precision import compute_dtype_for, dtype_name
@@ -252,7 +253,8 @@ def train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options
     fold = parse_fold(fold)
     dist = ddp.dist_from_env()
     device = resolve_device(options.device, dist)
-    with ddp.process_group(dist, device):
+    with ddp.process_group(dist, device), write_lock(paths.fold_dir(configuration, fold), TRAINING, TRAINING_FIX,
+                                                     enabled=dist.is_main):   # one trainer per fold
         return _train_fold(paths, configuration, fold, options, dist, device)
 
 
