@@ -15,12 +15,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,6 +88,12 @@ def kill_when(cmd: list[str], ready, timeout: float = 240) -> bool:
     return running
 
 
+def tree(root: Path) -> dict[str, str]:
+    """Every file under ``root`` but hidden ones (temporaries) by its path relative to it, with its hash."""
+    files = {str(Path(k).relative_to(root)): v for k, v in snapshot(root).items()}
+    return {k: v for k, v in files.items() if not any(part.startswith(".") for part in Path(k).parts)}
+
+
 def temporaries(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob(".*") if ".tmp" in p.name)
 
@@ -138,10 +148,8 @@ def test_kill_during_prediction_then_rerun_equals_an_uninterrupted_run(predicted
     (out / ".case_006.5e6f7a8b.tmp.nii.gz").write_bytes(b"\x1f\x8b half")   # a killed writer's leftovers
     (out / ".case_006.9c0d1e2f.tmp.npz").write_bytes(b"PK half")
     finished(cmd)
+    assert tree(out) == tree(ref)   # segmentations, probabilities and their provenance records
     final = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert final == sorted(p.name for p in ref.iterdir())
-    for name in final:
-        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
     # leftovers are never read as results: evaluation and ensembling see only the finished cases
     ev = subprocess.run(command("autoseg-evaluate", "-p", out, "-r", home / "raw" / DS / "labelsTs", "--home", home,
                                 "-o", tmp_path / "ev"), capture_output=True, text=True, timeout=120)
@@ -342,17 +350,14 @@ def test_sigterm_during_prediction_and_ensembling_then_rerun_equals_an_uninterru
     code, err = terminate_when(cmd, lambda: out.is_dir() and any(out.glob("case_*.nii.gz")), whole_group=False)
     expect_terminated(code, err, "autoseg-predict")
     finished(cmd)
-    for p in ref.iterdir():
-        assert (out / p.name).read_bytes() == p.read_bytes(), p.name
+    assert tree(out) == tree(ref)
     ens, ens_ref = tmp_path / "ens", tmp_path / "ens_ref"
     finished(command("autoseg-ensemble", "-i", out, ref, "-o", ens_ref))
     cmd = command("autoseg-ensemble", "-i", out, ref, "-o", ens)
     code, err = terminate_when(cmd, lambda: ens.is_dir() and any(ens.glob("case_*.nii.gz")), whole_group=True)
     expect_terminated(code, err, "autoseg-ensemble")
     finished(cmd)
-    assert sorted(p.name for p in ens.iterdir()) == sorted(p.name for p in ens_ref.iterdir())
-    for p in ens_ref.iterdir():
-        assert (ens / p.name).read_bytes() == p.read_bytes(), p.name
+    assert tree(ens) == tree(ens_ref) and not temporaries(ens)
 
 
 RESUME_HINT = "rerun the same command with --resume to continue from the last finished epoch"
@@ -445,3 +450,142 @@ def test_sigterm_while_a_command_starts_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1] in ("autoseg-train: terminated (SIGTERM) while starting; nothing was written",
                                             f"autoseg-train: terminated (SIGTERM); {RESUME_HINT}"), err
+
+
+# ---------------------------------------------------------------- SIGTERM at a random moment (issue 16 harness)
+
+ROUNDS = int(os.environ.get("AUTOSEG_SIGTERM_ROUNDS", "1"))   # more rounds: AUTOSEG_SIGTERM_ROUNDS=10
+SEED = int(os.environ.get("AUTOSEG_SIGTERM_SEED", "16"))
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.monotonic()
+    finished(cmd)
+    return time.monotonic() - start
+
+
+def sigterm_at(cmd: list[str], delay: float, whole_group: bool, prog: str, hint: str) -> int:
+    """Run ``cmd`` and send it SIGTERM ``delay`` s after its start; it must end as a stopped command does."""
+    start = time.monotonic()
+    code, err = terminate_when(cmd, lambda: time.monotonic() - start >= delay, whole_group)
+    assert "Traceback" not in err and "leaked" not in err and "Error" not in err, err[-2000:]
+    last = (err.strip().splitlines() or [""])[-1]
+    if code == 143:
+        assert last in (f"{prog}: terminated (SIGTERM); {hint}",
+                        f"{prog}: terminated (SIGTERM) while starting; nothing was written"), err[-2000:]
+    else:   # 0: it had finished; killed by the signal: before Python could install the handler, or after the
+        assert code in (0, -signal.SIGTERM), err[-2000:]   # command was done and its handler gone (exiting)
+    return code
+
+
+def random_moments(name: str, duration: float) -> list[tuple[float, bool]]:
+    """``ROUNDS`` (delay, whole group?) pairs over the length of an uninterrupted run, reproducible per command."""
+    rng = random.Random(f"{SEED}-{name}")
+    return [(rng.uniform(0.0, duration), rng.random() < 0.5) for _ in range(ROUNDS)]
+
+
+@dataclass
+class LongCommand:
+    """A long command for the harness: how to start it on a target (a data root copied from ``source``, or an
+    output folder), how a user reruns it, and what its result is."""
+
+    prog: str
+    start: Callable[[Path], list[str]]
+    result: Callable[[Path], Any]
+    source: Path | None = None
+    resume: bool = False
+
+    def rerun(self, target: Path) -> list[str]:
+        return [*self.start(target), "--resume"] if self.resume else self.start(target)
+
+    def prepare(self, target: Path) -> Path:
+        if self.source is not None:
+            shutil.copytree(self.source, target)
+        return target
+
+
+def final_weights(home: Path) -> dict[str, Any]:
+    ckpt = torch.load(DatasetPaths(home, DS).fold_dir("3d_fullres", 0) / "checkpoint_final.pt", weights_only=True)
+    return {"epoch": ckpt["epoch"], "weights": ckpt["network_state"], "loss": ckpt["log"]["train_loss"]}
+
+
+def long_command(name: str, planned: Path, preprocessed: Path, predicted: tuple[Path, Path], tmp: Path
+                 ) -> LongCommand:
+    home, pred = predicted
+    if name == "preprocess":
+        return LongCommand("autoseg-preprocess", lambda h: command("autoseg-preprocess", "--home", h, "-np", "2"),
+                           lambda h: tree(DatasetPaths(h, DS).preprocessed), planned)
+    if name == "train --resume":
+        return LongCommand("autoseg-train", lambda h: command("autoseg-train", "3d_fullres", "fold0", *TRAIN, "--home",
+                                                              h), final_weights, preprocessed, resume=True)
+    if name == "predict":
+        return LongCommand("autoseg-predict", lambda out: command(
+            "autoseg-predict", "-i", home / "raw" / DS / "imagesTs", "-o", out, "--home", home, *PREDICT_ARGS,
+            "--save-probabilities"), tree)
+    shutil.copytree(pred, tmp / "pred2")
+    return LongCommand("autoseg-ensemble", lambda out: command("autoseg-ensemble", "-i", pred, tmp / "pred2", "-o", out,
+                                                               "--save-probabilities"), tree)
+
+
+@pytest.mark.parametrize("name", ["preprocess", "train --resume", "predict", "ensemble"])
+def test_sigterm_at_a_random_moment_then_rerun_gives_the_uninterrupted_result(
+        name: str, planned: Path, preprocessed_ref: Path, predicted: tuple[Path, Path], tmp_path: Path) -> None:
+    """The harness: each long command runs once uninterrupted (timed), then ``ROUNDS`` times on a fresh copy with
+    SIGTERM at a random moment of that length (to the command alone or its whole process group), then once more as
+    a user would rerun it (``--resume`` for training); the result must equal the uninterrupted one: byte for byte,
+    training within float tolerance. The moments are printed, and reproducible from AUTOSEG_SIGTERM_SEED."""
+    long = long_command(name, planned, preprocessed_ref, predicted, tmp_path)
+    hint = RESUME_HINT if long.resume else "rerun the same command to continue where it stopped"
+    ref = long.prepare(tmp_path / "ref")
+    duration = timed(long.start(ref))
+    expected = long.result(ref)
+    for i, (delay, whole_group) in enumerate(random_moments(name, duration)):
+        target = long.prepare(tmp_path / f"run{i}")
+        code = sigterm_at(long.start(target), delay, whole_group, long.prog, hint)
+        print(f"{name}: SIGTERM to the {'process group' if whole_group else 'command'} at {delay:.2f} s of "
+              f"{duration:.2f} s: exit {code}")
+        finished(long.rerun(target))
+        got = long.result(target)
+        if not long.resume:
+            assert got == expected, f"SIGTERM at {delay:.2f} s: {sorted(set(got.items()) ^ set(expected.items()))}"
+            continue
+        assert got["epoch"] == expected["epoch"] and np.allclose(got["loss"], expected["loss"], rtol=1e-4)
+        for k, v in expected["weights"].items():
+            torch.testing.assert_close(got["weights"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_a_second_trainer_of_a_fold_is_refused_naming_the_first_and_a_killed_ones_lock_is_taken_over(
+        trained_ref: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two autoseg-train of one fold used to run at once (every log line twice, both writing the checkpoints): the
+    second now stops at once with one line naming the first (host, pid, since), exit 2. The first killed outright
+    (SIGKILL: no cleanup) leaves its lock behind; --resume takes it over, finishes and releases it."""
+    import socket
+    home = tmp_path / "home"
+    shutil.copytree(trained_ref[0], home)
+    fold = DatasetPaths(home, DS).fold_dir("3d_fullres", 0)
+    long = [*TRAIN[:TRAIN.index("--epochs")], "--epochs", "1000", *TRAIN[TRAIN.index("--epochs") + 2:]]
+    first = subprocess.Popen(command("autoseg-train", "3d_fullres", "fold0", "--home", home, *long),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (fold / "checkpoint_latest.pt").is_file() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None and (fold / ".autoseg.lock").is_file()
+        second = subprocess.Popen(command("autoseg-train", "3d_fullres", "fold0", "--home", home, *TRAIN,
+                                          "--resume"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  start_new_session=True)
+        err = communicate(second, 120)[1]
+        lines = err.strip().splitlines()
+        assert second.returncode == 2 and len(lines) == 1, err[-2000:]
+        assert lines[0].startswith(f"autoseg-train: error: {fold}: being written by another training of this fold "
+                                   f"(autoseg-train, pid {first.pid} on host {socket.gethostname()}, since "), lines
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert (fold / ".autoseg.lock").is_file()        # left behind by the killed trainer
+    done = torch.load(fold / "checkpoint_latest.pt", weights_only=True)["epoch"]
+    resume = [*TRAIN[:TRAIN.index("--epochs")], "--epochs", str(done + 1), *TRAIN[TRAIN.index("--epochs") + 2:]]
+    finished(command("autoseg-train", "3d_fullres", "fold0", "--home", home, *resume, "--resume"))
+    assert not (fold / ".autoseg.lock").exists()
+    assert torch.load(fold / "checkpoint_final.pt", weights_only=True)["epoch"] == done + 1
