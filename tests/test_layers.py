@@ -18,7 +18,7 @@ PACKAGE = Path(autoseg.__file__).resolve().parent
 
 ORDER = [
     # foundations, used by every stage
-    "errors", "io", "precision", "paths", "parallel", "orientation", "boxes", "report", "visualize",
+    "errors", "io", "precision", "paths", "parallel", "locks", "provenance", "orientation", "boxes", "report", "visualize",
     "synthetic", "synthetic_ct", "dataset", "brats",
     # raw data in, checked
     "raw_writer", "convert", "dicom", "slices", "verify",
