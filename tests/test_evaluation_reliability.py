@@ -112,7 +112,7 @@ def test_disk_full_on_the_second_file_keeps_both(evaluated, tmp_path: Path, caps
     line = expect_one_line(code, [ln for ln in lines if not ln.startswith("failed: ")], out / "metrics.csv",
                            "autoseg-evaluate")
     assert "no space left" in line and snapshot(out) == before
-    assert sorted(os.listdir(out)) == ["metrics.csv", "summary.json"]     # no temporary left
+    assert sorted(os.listdir(out)) == ["metrics.csv", "summary.json", "summary.provenance.json"]  # no temporary
     record("disk full while writing metrics.csv (after summary.json)", code, [line],
            "the earlier summary.json and metrics.csv (both or neither are replaced)", tmp_path)
 
