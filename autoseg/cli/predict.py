@@ -13,6 +13,7 @@ from autoseg.inference.predictor import CHECKPOINTS, PredictionReport, Predictor
 from autoseg.postprocessing import PostprocessingPlan
 from autoseg.precision import PRECISIONS
 from autoseg.provenance import stale_summary
+from autoseg.recipes import recipe_name
 
 
 def print_report(report: PredictionReport, out: str) -> int:
@@ -36,6 +37,9 @@ def _main(argv: Sequence[str] | None) -> int:
                    help="trained configuration (default: 3d_fullres; with --model, the model's only one)")
     p.add_argument("-f", "--folds", nargs="+", type=fold_arg, default=None,
                    help="folds to average (0 1 2 3 4, or all); default: every trained fold_N (fold_all if none)")
+    p.add_argument("--recipe", default=None, metavar="NAME|FILE.json",
+                   help="the recipe the folds were trained with (default nnunet); everything else is read from their "
+                        "checkpoints")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default=None,
                    help="which checkpoint of each fold (default: final; with --model, the one it holds)")
     p.add_argument("--model", default=None, metavar="ZIP|DIR",
@@ -83,7 +87,7 @@ def _main(argv: Sequence[str] | None) -> int:
                   file=sys.stderr)
     else:
         predictor = Predictor.from_results(dataset_paths(args), args.configuration or "3d_fullres", args.folds,
-                                           args.checkpoint or "final", **run)
+                                           args.checkpoint or "final", recipe_name(args.recipe), **run)
     if args.uncertainty and predictor.num_members == 1:
         print("autoseg-predict: one ensemble member (one fold, --no-tta): the variance maps will be 0", file=sys.stderr)
     predictor.missing_channels = channel_indices(args.missing, predictor.info)

@@ -53,6 +53,7 @@ class Batch:
 
 
 _STREAM_IDS = {"train": 0, "val": 1}
+_FOREGROUND_TAG = 7   # seeds the per-sample foreground draw apart from the sample's other draws
 
 
 @dataclass
@@ -73,6 +74,7 @@ class BatchMaker:
     oversample: float
     augment: bool
     seed: int
+    foreground_mode: str = "batch"  # autoseg.data.sampling.is_forced_foreground
     defer_augmentation: bool = False  # ship initial patches, label maps and seeds (augmented on the device)
 
     def __post_init__(self) -> None:
@@ -96,7 +98,7 @@ class BatchMaker:
         (offset and size relative to it) and the sample's augmentation seed."""
         rng = np.random.default_rng([self.seed, _STREAM_IDS[key.stream], key.epoch, key.iteration, index])
         case = self._case(self.case_ids[int(rng.integers(len(self.case_ids)))])
-        forced = is_forced_foreground(index, self.batch_size, self.oversample)
+        forced = self.forced_foreground(key, index)
         z, lower = patch_location(case.seg.shape, case.fg_locations, self.initial_patch_size, forced, rng)
         source_data, source_seg = (case.data, case.seg) if z is None else (case.data[:, z], case.seg[z])
         masked = bool(self.aug.masked_channels)
@@ -126,6 +128,15 @@ class BatchMaker:
         crop, seed = self._cut(key, index)
         data, seg = crop(np.zeros(len(self.initial_patch_size), dtype=int), np.asarray(self.initial_patch_size))
         return data, seg, seed
+
+    def forced_foreground(self, key: BatchKey, index: int) -> bool:
+        """Whether sample ``index`` of batch ``key`` is centred on foreground. Mode "sample" draws from a generator
+        of its own (the key plus a tag), so the case, patch and augmentation draws are those of mode "batch"."""
+        draw = None
+        if self.foreground_mode == "sample":
+            draw = float(np.random.default_rng([self.seed, _STREAM_IDS[key.stream], key.epoch, key.iteration, index,
+                                                _FOREGROUND_TAG]).random())
+        return is_forced_foreground(index, self.batch_size, self.oversample, self.foreground_mode, draw)
 
     def batch(self, key: BatchKey, alloc: Callable[[tuple[int, ...], Any], np.ndarray] = np.empty) -> Batch:
         """The batch ``key``; ``alloc(shape, dtype)`` makes its two arrays (workers: shared memory)."""

@@ -38,13 +38,14 @@ from autoseg.io import Geometry, read_image, save_npz_atomic, write_image
 from autoseg.locks import lock_name, write_lock
 from autoseg.network import network_for_dataset
 from autoseg.parallel import shard as shard_items
-from autoseg.paths import DatasetPaths
+from autoseg.paths import DEFAULT_RECIPE, DatasetPaths, run_folder_name
 from autoseg.plans import ChannelNormalization, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.postprocessing import PostprocessingPlan
 from autoseg.precision import compute_dtype_for
 from autoseg.preprocessing import preprocess_case, restore_probabilities
 from autoseg.provenance import (case_record, drop_record, make_record, model_identity, postprocessing_identity,
                                 staleness, write_record)
+from autoseg.recipes import recipe_of_checkpoint
 
 CHECKPOINTS = ("final", "best", "latest")
 
@@ -166,10 +167,13 @@ class Predictor:
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], device: str = "auto", precision: str = "auto",
                          expected_configuration: dict | None = None, dataset: str | None = None,
-                         folds: Sequence[int | str] | None = None, **options) -> Predictor:
+                         folds: Sequence[int | str] | None = None, recipe: str | None = None,
+                         **options) -> Predictor:
         """Load checkpoints written by autoseg-train (all of one configuration and dataset); with
-        ``expected_configuration`` (the current plan's), a checkpoint of another plan is refused, and with
-        ``dataset`` (``DatasetNNN_Name``) and ``folds`` (one per path) one trained for another dataset or fold."""
+        ``expected_configuration`` (the current plan's), a checkpoint of another plan is refused, with
+        ``dataset`` (``DatasetNNN_Name``) and ``folds`` (one per path) one trained for another dataset or fold, and
+        with ``recipe`` (a name) one trained with another recipe. Each network is rebuilt from its checkpoint: the
+        plan's network as its recipe changed it."""
         if not paths:
             raise fail(None, "no checkpoint given", "train a fold first or check -f")
         dev = pick_device(device)
@@ -180,7 +184,13 @@ class Predictor:
         for i, path in enumerate(paths):
             ckpt = first if i == 0 else load_checkpoint(path, first["configuration"], dataset=origin[i][0],
                                                         fold=origin[i][1])
-            net = network_for_dataset(config.network, info, deep_supervision=False)
+            trained_with = recipe_of_checkpoint(ckpt, path).name
+            if recipe is not None and trained_with != recipe:
+                raise fail(path, f"checkpoint was trained with recipe {trained_with}, but lies in the folder of recipe "
+                           f"{recipe}", f"use --recipe {trained_with}, or move its fold folder to "
+                           f"{run_folder_name(config.name, trained_with)}/")
+            net_plan = NetworkPlan.from_dict(ckpt["network"]) if "network" in ckpt else config.network
+            net = network_for_dataset(net_plan, info, deep_supervision=False)
             try:
                 net.load_state_dict(ckpt["network_state"])
             except RuntimeError as e:
@@ -191,9 +201,13 @@ class Predictor:
 
     @classmethod
     def from_results(cls, paths: DatasetPaths, configuration: str = "3d_fullres",
-                     folds: Sequence[int | str] | None = None, checkpoint: str = "final", **kwargs) -> Predictor:
-        """Load the folds of ``results/DatasetX/CONFIG``; ``folds=None`` takes every trained cross-validation
-        fold (``fold_all``, the model trained on every case, only when there is none)."""
+                     folds: Sequence[int | str] | None = None, checkpoint: str = "final", recipe: str | None = None,
+                     **kwargs) -> Predictor:
+        """Load the folds of ``results/DatasetX/CONFIG`` (``RECIPE__CONFIG`` for another ``recipe`` than the default);
+        ``folds=None`` takes every trained cross-validation fold (``fold_all``, the model trained on every case,
+        only when there is none)."""
+        recipe = recipe or DEFAULT_RECIPE
+        run_dir = paths.run_dir(configuration, recipe)
         if checkpoint not in CHECKPOINTS:
             raise fail(None, f"--checkpoint {checkpoint!r} unknown", f"use one of {', '.join(CHECKPOINTS)}")
         name = f"checkpoint_{checkpoint}.pt"
@@ -201,15 +215,16 @@ class Predictor:
             planned = Plans.load(paths.plans_json).configurations.get(configuration)
             kwargs["expected_configuration"] = asdict(planned) if planned is not None else None
         if folds is None:
-            found = sorted(p for p in (paths.results / configuration).glob(f"fold_[0-9]*/{name}"))
-            found = found or sorted((paths.results / configuration).glob(f"fold_all/{name}"))
+            found = sorted(p for p in run_dir.glob(f"fold_[0-9]*/{name}"))
+            found = found or sorted(run_dir.glob(f"fold_all/{name}"))
             if not found:
-                raise fail(paths.results / configuration, f"no trained fold with {name}",
-                           f"train one first: autoseg-train {configuration} fold0")
+                with_recipe = "" if recipe == DEFAULT_RECIPE else f" --recipe {recipe}"
+                raise fail(run_dir, f"no trained fold with {name}",
+                           f"train one first: autoseg-train {configuration} fold0{with_recipe}")
             folds = [p.parent.name.removeprefix("fold_") for p in found]
-            return cls.from_checkpoints(found, dataset=paths.name, folds=folds, **kwargs)
-        return cls.from_checkpoints([paths.fold_dir(configuration, f) / name for f in folds], dataset=paths.name,
-                                    folds=folds, **kwargs)
+            return cls.from_checkpoints(found, dataset=paths.name, folds=folds, recipe=recipe, **kwargs)
+        return cls.from_checkpoints([paths.fold_dir(configuration, f, recipe) / name for f in folds], dataset=paths.name,
+                                    folds=folds, recipe=recipe, **kwargs)
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:

@@ -1,4 +1,5 @@
-"""Training options: nnU-Net's defaults, overridable from the command line or the Python API."""
+"""Training options: the recipe (how to train, :mod:`autoseg.recipes`), single recipe fields overridden from the
+command line or the Python API, and how to run (device, workers, seed, precision, ...)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from autoseg.recipes import Recipe
+
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """How to train one fold. ``oversample`` None takes the plan's share of foreground patches (0.33)."""
+    """How to train one fold. ``recipe`` None is the default recipe (nnunet). The fields from ``epochs`` to
+    ``accumulation`` override the recipe's when not None (``oversample``: its foreground share)."""
 
-    epochs: int = 1000
-    iters_per_epoch: int = 250
-    val_iters: int = 50
-    lr: float = 0.01
-    momentum: float = 0.99
-    nesterov: bool = True
-    weight_decay: float = 3e-5
-    poly_exponent: float = 0.9
-    grad_clip: float = 12.0
-    dice: str = "log"               # -log(Dice) where a region is present (autoseg), or "linear": 1 - Dice (nnU-Net)
+    recipe: Recipe | None = None
+    epochs: int | None = None
+    iters_per_epoch: int | None = None
+    lr: float | None = None
+    dice: str | None = None         # "log": -log(Dice) where a region is present (autoseg), "linear": 1 - Dice (nnU-Net)
     oversample: float | None = None
+    foreground_mode: str | None = None
+    accumulation: int | None = None
+    val_iters: int = 50
+    grad_clip: float = 12.0
     device: str = "auto"
     workers: int = 2
     seed: int = 0
@@ -35,8 +38,16 @@ class TrainOptions:
     logger: str = "none"             # experiment tracking: none, tensorboard, wandb, mlflow (training.loggers)
     progress: bool = True           # tqdm bar
 
+    def effective_recipe(self) -> Recipe:
+        """The recipe with this run's overrides applied (checked like a recipe file)."""
+        return (self.recipe or Recipe()).with_overrides(
+            epochs=self.epochs, iters_per_epoch=self.iters_per_epoch, lr=self.lr, dice=self.dice,
+            foreground=self.oversample, foreground_mode=self.foreground_mode, accumulation=self.accumulation)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain types only (stored in checkpoints, which are loaded with weights_only=True)."""
+        """Plain types only (stored in checkpoints, which are loaded with weights_only=True); the recipe by name
+        (checkpoints store the effective recipe whole, beside these)."""
         d = asdict(self)
+        d["recipe"] = self.recipe.name if self.recipe else None
         d["pretrained"] = str(self.pretrained) if self.pretrained else None
         return d

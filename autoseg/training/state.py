@@ -6,6 +6,7 @@ restoring the network, optimizer, GradScaler, torch RNG and the epoch count resu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
@@ -17,17 +18,24 @@ from torch import nn
 from autoseg.checkpoint import load_checkpoint
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail
-from autoseg.plans import ConfigurationPlan
+from autoseg.plans import ConfigurationPlan, NetworkPlan
+from autoseg.recipes import Recipe
 from autoseg.training.options import TrainOptions
 from autoseg.training.progress import TrainingLog
 
 
 def training_payload(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                      plan: ConfigurationPlan, info: DatasetInfo, log: TrainingLog, options: TrainOptions,
-                     fold: int | str, dataset_folder: str) -> dict[str, Any]:
+                     fold: int | str, dataset_folder: str, recipe: Recipe | None = None,
+                     network_plan: NetworkPlan | None = None) -> dict[str, Any]:
     """The checkpoint dict after ``log.epochs_done`` epochs (plain types and tensors only); ``dataset_folder``
-    (``DatasetNNN_Name``) and ``fold`` say what it was trained for, checked wherever a fold folder is loaded."""
+    (``DatasetNNN_Name``) and ``fold`` say what it was trained for, checked wherever a fold folder is loaded.
+    ``recipe`` (with the run's overrides) and ``network_plan`` (the plan's network as the recipe changed it)
+    are what prediction rebuilds the network from."""
+    recipe = recipe or options.effective_recipe()
     return {
+        "recipe": recipe.to_dict(),
+        "network": asdict(network_plan or plan.network),
         "configuration": asdict(plan),
         "dataset": info.to_dict(),
         "dataset_folder": dataset_folder,
@@ -46,15 +54,12 @@ def training_payload(network: nn.Module, optimizer: torch.optim.Optimizer, scale
 
 def restore_training(ckpt: dict[str, Any], network: nn.Module, optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler, options: TrainOptions, where: Path) -> TrainingLog:
-    """Load weights, optimizer, scaler and RNG from ``ckpt``; return its log. The seed must match."""
+    """Load weights, optimizer, scaler and RNG from ``ckpt``; return its log. The seed must match (the recipe is
+    checked by :func:`check_same_recipe` before)."""
     seed = ckpt.get("sampler_state", {}).get("seed")
     if seed != options.seed:
         raise fail(where, f"was trained with --seed {seed}, not {options.seed}",
                    f"resume with --seed {seed}, or delete the fold folder to start over")
-    dice = ckpt.get("options", {}).get("dice", "linear")   # checkpoints before the option trained 1 - Dice
-    if dice != options.dice:
-        raise fail(where, f"was trained with --dice {dice}, not {options.dice}",
-                   f"resume with --dice {dice}, or delete the fold folder to start over")
     network.load_state_dict(ckpt["network_state"])
     optimizer.load_state_dict(ckpt["optimizer_state"])
     if ckpt["grad_scaler_state"]:  # empty when saved by a run without fp16 (CPU, bf16): keep the fresh scale
@@ -63,6 +68,24 @@ def restore_training(ckpt: dict[str, Any], network: nn.Module, optimizer: torch.
     if ckpt["rng_state"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng_state"]["cuda"])
     return TrainingLog.from_dict(ckpt["log"])
+
+
+FLAGS = {"loss.dice": "--dice", "optimiser.lr": "--lr", "foreground.share": "--foreground",
+         "foreground.mode": "--foreground-mode", "accumulation": "--accumulate"}   # recipe fields with an option
+
+
+def check_same_recipe(trained: Recipe, wanted: Recipe, where: Path) -> None:
+    """Refuse to resume a run with another recipe, or the same recipe changed; only its length may change."""
+    if trained.name != wanted.name:
+        raise fail(where, f"was trained with recipe {trained.name}, not {wanted.name}",
+                   f"resume with --recipe {trained.name}, or delete the fold folder to start over")
+    diffs = trained.differences(wanted)
+    if diffs:
+        key, old, new = diffs[0]
+        flag = FLAGS.get(key)
+        same = f"{flag} {old}" if flag else f"the recipe as it was ({key} {json.dumps(old)})"
+        raise fail(where, f"was trained with {key} {json.dumps(old)}, not {json.dumps(new)} (recipe {trained.name})",
+                   f"resume with {same}, or delete the fold folder to start over")
 
 
 def load_pretrained(network: nn.Module, path: Path, heads: Collection[str]) -> None:

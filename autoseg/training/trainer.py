@@ -1,6 +1,8 @@
-"""Training of one fold: :func:`train_fold`, the Python twin of ``autoseg-train``.
+"""Training of one fold: :func:`train_fold`, the Python twin of ``autoseg-train``, with a recipe
+(:mod:`autoseg.recipes`: network, loss, optimiser, schedule, deep supervision, sampling, accumulation).
 
-Per epoch: poly learning rate, ``iters_per_epoch`` SGD steps on augmented patches, ``val_iters``
+Per epoch: the schedule's learning rate, ``iters_per_epoch`` optimiser steps on augmented patches
+(each over ``accumulation`` batches), ``val_iters``
 patch-based validation steps (loss and pseudo-Dice, no augmentation), a log line, progress.png and
 checkpoint_latest.pt (checkpoint_best.pt when the EMA pseudo-Dice improves). At the end
 checkpoint_final.pt and a sliding-window validation of the held-out cases.
@@ -11,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,15 +32,16 @@ from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail, interrupts_deferred
 from autoseg.locks import TRAINING, TRAINING_FIX, write_lock
 from autoseg.paths import DatasetPaths
-from autoseg.plans import ConfigurationPlan, Plans
+from autoseg.plans import ConfigurationPlan, NetworkPlan, Plans
 from autoseg.precision import compute_dtype_for, dtype_name
 from autoseg.training import distributed as ddp
 from autoseg.training.loggers import open_tracker
-from autoseg.training.losses import DeepSupervisionLoss, segmentation_loss
+from autoseg.recipes import OptimiserChoice, Recipe, network_plan, recipe_of_checkpoint
+from autoseg.training.losses import DeepSupervisionLoss, recipe_loss
 from autoseg.training.options import TrainOptions
 from autoseg.training.progress import TrainingLog, append_log, plot_progress
-from autoseg.training.schedule import poly_lr, set_lr
-from autoseg.training.state import load_pretrained, restore_training, training_payload
+from autoseg.training.schedule import epoch_lr, set_lr
+from autoseg.training.state import check_same_recipe, load_pretrained, restore_training, training_payload
 from autoseg.training.validation import validate_cases
 
 
@@ -88,19 +91,24 @@ def resolve_device(name: str, dist: ddp.DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
-def batch_makers(fold: FoldData, options: TrainOptions, dist: ddp.DistInfo) -> dict[str, BatchMaker]:
-    """The train (augmented) and val (not augmented) batch makers of this rank."""
+def batch_makers(fold: FoldData, options: TrainOptions, dist: ddp.DistInfo,
+                 recipe: Recipe | None = None) -> dict[str, BatchMaker]:
+    """The train (augmented) and val (not augmented) batch makers of this rank; the foreground share and mode
+    are the recipe's (a share of None: the plan's)."""
+    recipe = recipe or options.effective_recipe()
     plan = fold.plan
     patch = tuple(plan.patch_size)
     masked = expand_channels([i for i, n in enumerate(plan.normalization) if n.use_mask], plan.network.context_slices)
     aug = AugmentationParams(patch, tuple(plan.mirror_axes), masked, options.modality_dropout)
-    oversample = plan.oversample_foreground if options.oversample is None else options.oversample
+    fg = recipe.foreground
+    oversample = plan.oversample_foreground if fg.share is None else fg.share
     share = ddp.rank_share(plan.batch_size, dist)
     load = functools.partial(_load_case, fold.config_dir, context=plan.network.context_slices)
 
     def maker(cases: list[str], augment: bool) -> BatchMaker:
         initial = initial_patch_size(patch) if augment else patch
-        return BatchMaker(load, cases, fold.info, initial, aug, plan.batch_size, share, oversample, augment, options.seed)
+        return BatchMaker(load, cases, fold.info, initial, aug, plan.batch_size, share, oversample, augment, options.seed,
+                          fg.mode)
 
     return {"train": maker(fold.split.train, options.augment), "val": maker(fold.split.val, False)}
 
@@ -112,9 +120,13 @@ def _load_case(config_dir: Path, case_id: str, context: int = 0):
     return replace(case, data=ContextSlices(case.data, context)) if context else case
 
 
-def build_optimizer(network: nn.Module, options: TrainOptions) -> torch.optim.SGD:
-    return torch.optim.SGD(network.parameters(), lr=options.lr, momentum=options.momentum,
-                           nesterov=options.nesterov, weight_decay=options.weight_decay)
+def build_optimizer(network: nn.Module, choice: OptimiserChoice) -> torch.optim.Optimizer:
+    """The recipe's optimiser: SGD (nnU-Net: Nesterov momentum 0.99) or AdamW, at the recipe's initial lr."""
+    if choice.name == "adamw":
+        return torch.optim.AdamW(network.parameters(), lr=choice.lr, betas=tuple(choice.betas),
+                                 weight_decay=choice.weight_decay)
+    return torch.optim.SGD(network.parameters(), lr=choice.lr, momentum=choice.momentum,
+                           nesterov=choice.nesterov, weight_decay=choice.weight_decay)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -128,22 +140,34 @@ def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.
 
 
 def train_step(network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, batch: Batch, device: torch.device, grad_clip: float,
+               scaler: torch.amp.GradScaler, batch: Batch | Sequence[Batch], device: torch.device, grad_clip: float,
                dtype: torch.dtype | None) -> float:
-    """One SGD step computing in ``dtype`` (None = fp32), gradient norm clipped to ``grad_clip``; returns the loss.
+    """One optimiser step computing in ``dtype`` (None = fp32), gradient norm clipped to ``grad_clip``; returns the
+    loss (the mean over the batches).
 
+    Several batches accumulate: each one's loss is divided by their number before its backward, so the step
+    follows the gradient of their mean loss, as one batch of all their samples would for a loss that is a mean
+    over samples (batch Dice, pooled over a batch, is not). Under DDP gradients are exchanged once, at the last.
     The scaler is enabled for fp16 only; bf16 has fp32's range and needs no loss scaling.
     """
-    data, target = _to_device(batch, device)
+    batches = [batch] if isinstance(batch, Batch) else list(batch)
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(device, dtype):
-        loss = loss_fn(network(data), target)
-    scaler.scale(loss).backward()
+    total = 0.0
+    for i, b in enumerate(batches):
+        data, target = _to_device(b, device)
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not isinstance(network, nn.parallel.DistributedDataParallel) \
+            else network.no_sync()
+        with sync:
+            with _autocast(device, dtype):
+                loss = loss_fn(network(data), target)
+            scaler.scale(loss / len(batches) if len(batches) > 1 else loss).backward()
+        total += float(loss.detach())
     scaler.unscale_(optimizer)
     nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    return float(loss.detach())
+    return total / len(batches)
 
 
 def pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor, region_based: bool) -> torch.Tensor:
@@ -170,8 +194,10 @@ def val_step(network: nn.Module, loss_fn: nn.Module, batch: Batch, device: torch
     return float(loss), pseudo_dice_counts(full.float(), target, region_based).cpu()
 
 
-def epoch_keys(epoch: int, options: TrainOptions, with_val: bool) -> Iterator[BatchKey]:
-    for i in range(options.iters_per_epoch):
+def epoch_keys(epoch: int, options: TrainOptions, with_val: bool, iters: int, accumulation: int = 1
+               ) -> Iterator[BatchKey]:
+    """The batches of one epoch: ``iters`` optimiser steps of ``accumulation`` batches each, then validation."""
+    for i in range(iters * accumulation):
         yield BatchKey("train", epoch, i)
     if with_val:
         for i in range(options.val_iters):
@@ -181,19 +207,25 @@ def epoch_keys(epoch: int, options: TrainOptions, with_val: bool) -> Iterator[Ba
 def run_epoch(epoch: int, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler, stream: BatchStream, options: TrainOptions, device: torch.device,
               region_based: bool, dtype: torch.dtype | None, n_regions: int,
-              show: bool) -> tuple[float, float, list[float]]:
+              show: bool, recipe: Recipe | None = None) -> tuple[float, float, list[float]]:
     """Train and validate one epoch; return train loss, val loss and pseudo-Dice per region (all ranks)."""
+    recipe = recipe or options.effective_recipe()
     with_val = options.val_iters > 0 and bool(stream.makers["val"].case_ids)
-    keys = list(epoch_keys(epoch, options, with_val))
+    keys = list(epoch_keys(epoch, options, with_val, recipe.iters_per_epoch, recipe.accumulation))
     train_losses, val_losses = [], []
+    pending: list[Batch] = []
     counts = torch.zeros(3, n_regions, dtype=torch.float64)
     network.train()
     bar = tqdm(total=len(keys), desc=f"epoch {epoch}", leave=False, disable=not show, dynamic_ncols=True)
     for key, batch in zip(keys, stream.batches(keys)):
         if key.stream == "train":
-            train_losses.append(train_step(network, loss_fn, optimizer, scaler, batch, device, options.grad_clip,
-                                           dtype))
-            bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
+            pending.append(batch)
+            if len(pending) == recipe.accumulation:
+                train_losses.append(train_step(network, loss_fn, optimizer, scaler,
+                                               pending if len(pending) > 1 else pending[0], device, options.grad_clip,
+                                               dtype))
+                pending = []
+                bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
         else:
             network.eval()
             loss, c = val_step(network, loss_fn, batch, device, region_based, dtype)
@@ -210,13 +242,13 @@ def run_epoch(epoch: int, network: nn.Module, loss_fn: nn.Module, optimizer: tor
     return float(sums[0] / max(1.0, float(sums[1]))), val_loss, dice.tolist()
 
 
-def _init_network(fold: FoldData, options: TrainOptions, device: torch.device) -> nn.Module:
+def _init_network(fold: FoldData, net_plan: NetworkPlan, options: TrainOptions, device: torch.device) -> nn.Module:
     from autoseg.network import network_for_dataset, output_layers_for_dataset
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
-        network = network_for_dataset(fold.plan.network, fold.info, deep_supervision=True)
+        network = network_for_dataset(net_plan, fold.info, deep_supervision=True)
     if options.pretrained:
-        load_pretrained(network, Path(options.pretrained), output_layers_for_dataset(fold.plan.network, fold.info))
+        load_pretrained(network, Path(options.pretrained), output_layers_for_dataset(net_plan, fold.info))
     return network.to(device)
 
 
@@ -230,15 +262,16 @@ def _remove_stale_temporaries(fold_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _start_state(fold_dir: Path, options: TrainOptions, data: FoldData, fold: int | str) -> dict | None:
+def _start_state(fold_dir: Path, options: TrainOptions, data: FoldData, fold: int | str, recipe: Recipe) -> dict | None:
     """The checkpoint to continue from, None to start fresh; refuse to silently overwrite a run, or to continue
-    one of another plan, dataset or fold."""
+    one of another plan, recipe, dataset or fold."""
     latest = fold_dir / "checkpoint_latest.pt"
     if not latest.is_file():
         return None
     from dataclasses import asdict
     ckpt = load_checkpoint(latest, asdict(data.plan), dataset=data.dataset, fold=fold)
-    finished = ckpt["epoch"] >= options.epochs
+    check_same_recipe(recipe_of_checkpoint(ckpt, latest), recipe, latest)
+    finished = ckpt["epoch"] >= recipe.epochs
     if not options.resume and not finished:
         raise fail(latest, f"a run of {ckpt['epoch']} epoch(s) exists in this fold folder",
                    "add --resume to continue it (a larger --epochs extends a finished run), or delete the folder")
@@ -251,24 +284,69 @@ def train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options
     Under torchrun (WORLD_SIZE > 1) every rank calls this; rank 0 writes the files.
     """
     fold = parse_fold(fold)
+    recipe = options.effective_recipe()
     dist = ddp.dist_from_env()
     device = resolve_device(options.device, dist)
-    with ddp.process_group(dist, device), write_lock(paths.fold_dir(configuration, fold), TRAINING, TRAINING_FIX,
-                                                     enabled=dist.is_main):   # one trainer per fold
-        return _train_fold(paths, configuration, fold, options, dist, device)
+    with ddp.process_group(dist, device), write_lock(paths.fold_dir(configuration, fold, recipe.name), TRAINING,
+                                                     TRAINING_FIX, enabled=dist.is_main):   # one trainer per fold
+        return _train_fold(paths, configuration, fold, options, recipe, dist, device)
 
 
-def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options: TrainOptions, dist: ddp.DistInfo,
-                device: torch.device) -> Path:
+def recipe_network(recipe: Recipe, plan: NetworkPlan) -> NetworkPlan:
+    """The plan's network as the recipe wants it: its arch on the plan's topology (the registry's adapt), then
+    its overrides, checked. An unknown arch or a plan the arch cannot build is one line naming the recipe."""
+    from autoseg.network import adapt_network_plan, check_network_plan, network_names
+    where = recipe.source or None
+    arch = recipe.network.arch
+    if arch is not None and arch not in network_names():
+        raise fail(where, f"network.arch {arch!r} is not a known network",
+                   f"use one of {', '.join(network_names())}, or register your own (docs/extending.md)")
+    net_plan = network_plan(plan, recipe.network, functools.partial(adapt_network_plan, where=where))
+    check_network_plan(net_plan, where)
+    return net_plan
+
+
+def check_fits(recipe: Recipe, net_plan: NetworkPlan, plan: ConfigurationPlan, info: DatasetInfo, budget_bytes: int,
+               mixed_precision: bool) -> None:
+    """Refuse, in one line naming the recipe, a network whose training step at the plan's patch and batch would
+    not fit ``budget_bytes`` (the registry's memory estimate, as the planner sizes plans with)."""
+    from autoseg.context import input_channels
+    from autoseg.network import estimate_memory
+    from autoseg.planning.planner import GIB
+    need = estimate_memory(net_plan, plan.patch_size, plan.batch_size, input_channels(info.num_channels,
+                           net_plan.context_slices), info.num_outputs, mixed_precision).total
+    if need > budget_bytes:
+        raise fail(recipe.source or None, f"network {net_plan.arch} of recipe {recipe.name} needs about "
+                   f"{need / GIB:.1f} GiB for patch {'x'.join(map(str, plan.patch_size))}, batch {plan.batch_size}; "
+                   f"this GPU has {budget_bytes / GIB:.1f} GiB for tensors",
+                   "use a smaller network (e.g. network.kwargs max_features), or plan for this GPU (autoseg-plan "
+                   "--vram GB) and preprocess again")
+
+
+def _check_fits_gpu(recipe: Recipe, net_plan: NetworkPlan, data: FoldData, device: torch.device,
+                    dtype: torch.dtype | None) -> None:
+    """On CUDA, a network the recipe changed must fit the GPU (the plan's own was sized for it by the planner)."""
+    if device.type != "cuda" or net_plan == data.plan.network:
+        return
+    from autoseg.planning.planner import GIB, memory_budget_bytes
+    total = torch.cuda.get_device_properties(device).total_memory
+    check_fits(recipe, net_plan, data.plan, data.info, memory_budget_bytes(total / GIB), dtype is not None)
+
+
+def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options: TrainOptions, recipe: Recipe,
+                dist: ddp.DistInfo, device: torch.device) -> Path:
     data = load_fold_data(paths, configuration, fold, dist)
-    fold_dir = paths.fold_dir(configuration, fold)
+    fold_dir = paths.fold_dir(configuration, fold, recipe.name)
     log_path = fold_dir / "log.txt"
     dtype = compute_dtype_for(options.precision, device)
-    network = _init_network(data, options, device)
-    optimizer = build_optimizer(network, options)
+    net_plan = recipe_network(recipe, data.plan.network)
+    _check_fits_gpu(recipe, net_plan, data, device, dtype)
+    loss = recipe_loss(recipe.loss, data.info, data.plan.batch_dice, recipe.source or None)
+    network = _init_network(data, net_plan, options, device)
+    optimizer = build_optimizer(network, recipe.optimiser)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     region_names = data.info.foreground_names
-    ckpt = _start_state(fold_dir, options, data, fold)
+    ckpt = _start_state(fold_dir, options, data, fold, recipe)
     log = restore_training(ckpt, network, optimizer, scaler, options, fold_dir) if ckpt else TrainingLog(region_names)
     main = dist.is_main
 
@@ -276,15 +354,16 @@ def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, option
         if main:
             append_log(log_path, msg)
 
-    trains = log.epochs_done < options.epochs or not (fold_dir / "checkpoint_final.pt").is_file()
+    trains = log.epochs_done < recipe.epochs or not (fold_dir / "checkpoint_final.pt").is_file()
     if trains and main:
         _remove_stale_temporaries(fold_dir)
     if trains:
-        write(f"{'resuming at' if ckpt else 'starting'} epoch {log.epochs_done} of {options.epochs}: "
+        write(f"{'resuming at' if ckpt else 'starting'} epoch {log.epochs_done} of {recipe.epochs}: "
               f"{configuration} fold {fold}, {len(data.split.train)} train / {len(data.split.val)} val cases, "
               f"patch {data.plan.patch_size}, batch {data.plan.batch_size} on {dist.world_size} process(es), "
-              f"device {device}, precision {dtype_name(dtype)}")
-        _train_epochs(network, optimizer, scaler, data, options, dist, device, dtype, log, fold_dir, fold, write)
+              f"device {device}, precision {dtype_name(dtype)}, recipe {recipe.name}")
+        run = _Run(recipe, net_plan, DeepSupervisionLoss(loss, data.info.region_based, recipe.deep_supervision).to(device))
+        _train_epochs(network, optimizer, scaler, data, options, run, dist, device, dtype, log, fold_dir, fold, write)
     validated = (fold_dir / "validation" / "summary.json").is_file()
     if options.validate and main and data.split.val and (trains or not validated):
         write(f"validating {len(data.split.val)} held-out case(s) with a sliding window")
@@ -297,27 +376,36 @@ def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, option
     return fold_dir
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What the epochs of a run share: the effective recipe, the network plan it made, the loss it names."""
+
+    recipe: Recipe
+    net_plan: NetworkPlan
+    loss_fn: nn.Module
+
+
 def _plain(network: nn.Module) -> nn.Module:
     return network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
 
 
 def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, data: FoldData,
-                  options: TrainOptions, dist: ddp.DistInfo, device: torch.device, dtype: torch.dtype | None,
+                  options: TrainOptions, run: _Run, dist: ddp.DistInfo, device: torch.device, dtype: torch.dtype | None,
                   log: TrainingLog, fold_dir: Path, fold: int | str, write) -> None:
     model = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist.enabled else network
-    loss_fn = DeepSupervisionLoss(segmentation_loss(data.info.region_based, data.plan.batch_dice, options.dice), data.info.region_based)
+    recipe, loss_fn = run.recipe, run.loss_fn
     show = options.progress and dist.is_main
-    tracked = {"options": options.to_dict(), "plan": data.plan}   # --logger: the run's configuration
-    with training_stream(batch_makers(data, options, dist), options.workers, options.augment_on, device) as stream, \
+    tracked = {"options": options.to_dict(), "recipe": recipe.to_dict(), "plan": data.plan}   # --logger
+    with training_stream(batch_makers(data, options, dist, recipe), options.workers, options.augment_on, device) as stream, \
             open_tracker(options.logger if dist.is_main else "none", fold_dir, f"{data.dataset} {data.plan.name} "
-                         f"fold {fold}", tracked, options.epochs) as tracker:
-        for epoch in range(log.epochs_done, options.epochs):
+                         f"fold {fold}", tracked, recipe.epochs) as tracker:
+        for epoch in range(log.epochs_done, recipe.epochs):
             start = time.perf_counter()
-            lr = poly_lr(epoch, options.epochs, options.lr, options.poly_exponent)
+            lr = epoch_lr(recipe.schedule, epoch, recipe.epochs, recipe.optimiser.lr)
             set_lr(optimizer, lr)
             train_loss, val_loss, dice = run_epoch(epoch, model, loss_fn, optimizer, scaler, stream, options, device,
-                                                   data.info.region_based, dtype, len(log.region_names), show)
+                                                   data.info.region_based, dtype, len(log.region_names), show, recipe)
             # Ctrl-C or SIGTERM stop an epoch in progress at once (its checkpoint would not resume exactly; the
             # previous epoch's is on disk), but wait for a finished epoch's log line and checkpoints (seconds)
             with interrupts_deferred():
@@ -325,7 +413,7 @@ def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
                 if dist.is_main:
                     write(log.line(epoch))
                     payload = training_payload(network, optimizer, scaler, data.plan, data.info, log, options, fold,
-                                               data.dataset)
+                                               data.dataset, recipe, run.net_plan)
                     save_checkpoint(fold_dir / "checkpoint_latest.pt", payload)
                     if best:
                         save_checkpoint(fold_dir / "checkpoint_best.pt", payload)
@@ -337,5 +425,5 @@ def _train_epochs(network: nn.Module, optimizer: torch.optim.Optimizer, scaler: 
         with interrupts_deferred():
             save_checkpoint(fold_dir / "checkpoint_final.pt",
                             training_payload(network, optimizer, scaler, data.plan, data.info, log, options, fold,
-                                             data.dataset))
+                                             data.dataset, recipe, run.net_plan))
             write(f"finished {log.epochs_done} epochs; wrote checkpoint_final.pt")

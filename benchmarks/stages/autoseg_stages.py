@@ -139,7 +139,7 @@ def train_step(iters: int, precision: str = "auto") -> dict:
     options = TrainOptions(device="cpu", precision=precision)
     cpu = torch.device("cpu")
     dtype = compute_dtype_for(options.precision, cpu)
-    optimizer = build_optimizer(net, options)
+    optimizer = build_optimizer(net, options.effective_recipe().optimiser)
     scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
     loss = DeepSupervisionLoss(segmentation_loss(region_based=True, batch_dice=False), region_based=True)
     data, targets = c.synthetic_batch()
