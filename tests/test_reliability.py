@@ -1239,7 +1239,8 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_and_another_hosts_is_not(w
     folder.mkdir(parents=True, exist_ok=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    holder = {"what": "prediction", "command": prog, "pid": dead.pid, "since": time.time() - 60}
+    what = {"autoseg-predict": "prediction", "autoseg-train": "training of this fold"}[prog]
+    holder = {"what": what, "command": prog, "pid": dead.pid, "since": time.time() - 60}
     lock = folder / LOCK_NAME
     lock.write_text(json.dumps({**holder, "host": socket.gethostname()}))
     code, lines = run(main, argv, capsys)

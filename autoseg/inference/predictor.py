@@ -416,7 +416,7 @@ def _predict_cases(predictor: Predictor, todo: list[tuple[InputCase, dict | None
                    report: PredictionReport, save_probs: bool, postprocessing: PostprocessingPlan | None,
                    overlay_png: bool, progress: bool, uncertainty: bool) -> None:
     records = {case.case_id: record for case, record in todo}
-    bar = tqdm(total=len(todo), desc="predict", unit="case", disable=not progress)
+    bar = tqdm(total=len(todo), desc="predict", unit="case", disable=not progress or not todo)
     with ThreadPoolExecutor(1) as writer:
         pending: list[Future] = []
         for case, loaded in _prefetch([case for case, _ in todo], predictor.missing_channels):
