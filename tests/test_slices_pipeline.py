@@ -138,7 +138,8 @@ def test_stroke_ct_demo_quick_runs_the_path_and_prints_lesion_dice(tmp_path: Pat
     printed = capsys.readouterr().out
     assert "lesion" in printed and "demo finished" in printed
     out = tmp_path / "home" / "demo_stroke"
-    assert sorted(p.name for p in (out / "predictions").iterdir() if p.is_dir()) == ["patient_005", "patient_006"]
+    patients = sorted(p.name for p in (out / "predictions").iterdir() if p.is_dir() and p.name != "provenance")
+    assert patients == ["patient_005", "patient_006"]   # provenance/ records what produced each case
     assert len(list((out / "predictions" / "patient_005").glob("*.png"))) == 12
     assert (out / "overlays" / "patient_005.png").is_file() and (out / "report.html").is_file()
     plans = read_json(tmp_path / "home" / "preprocessed" / "Dataset998_DemoStrokeCT" / "plans.json")
