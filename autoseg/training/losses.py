@@ -51,13 +51,12 @@ def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, batch_dice: bool, 
     if batch_dice:
         intersect, sum_pred, sum_gt = (_sum_over_ranks(t.sum(0)) for t in (intersect, sum_pred, sum_gt))
     dice = (2 * intersect + smooth) / torch.clip(sum_gt + sum_pred + smooth, min=1e-8)
-    if weights is not None:
-        term = 1 - dice if form == "linear" else torch.where(sum_gt > 0, -torch.log(torch.clip(dice, min=1e-8)), 1 - dice)
-        return ((term * weights).sum(-1) / weights.sum()).mean()
-    if form == "linear":
-        return 1 - dice.mean()
-    present = sum_gt > 0
-    return torch.where(present, -torch.log(torch.clip(dice, min=1e-8)), 1 - dice).mean()
+    if form == "linear" and weights is None:
+        return 1 - dice.mean()   # nnU-Net's exact arithmetic (the default recipe's weights are bit-identical)
+    term = 1 - dice if form == "linear" else torch.where(sum_gt > 0, -torch.log(torch.clip(dice, min=1e-8)), 1 - dice)
+    if weights is None:
+        return term.mean()
+    return ((term * weights).sum(-1) / weights.sum()).mean()
 
 
 def _channel_view(weights: torch.Tensor, ndim: int) -> torch.Tensor:
