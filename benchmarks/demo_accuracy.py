@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
 
-def _dataset(home: Path, head: str):
-    """The demo's data, planned with the demo's settings and the given region head."""
+def _dataset(home: Path, head: str, n_test: int | None = None):
+    """The demo's data, planned with the demo's settings and the given region head (``n_test``: held-out
+    cases instead of the demo's 3; a separate home per count)."""
     from autoseg.demo import CONFIGURATION, DemoOptions, DemoSettings, convert, demo_paths, generate_data, plan, preprocess
     from autoseg.plans import Plans
 
-    opts = DemoOptions(home=home, out=home / "demo", settings=DemoSettings.full(), workers=2)
+    settings = DemoSettings.full() if n_test is None else replace(DemoSettings.full(), n_test=n_test)
+    opts = DemoOptions(home=home, out=home / "demo", settings=settings, workers=2)
     paths = demo_paths(home)
     if not paths.config_dir(CONFIGURATION).is_dir():
         src, _ = generate_data(opts)
@@ -65,13 +68,14 @@ def _trace_steps(records: list) -> None:
     losses.DiceBCELoss.forward = forward
 
 
-def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, trace: bool, dice: str = "log") -> dict:
+def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, trace: bool, dice: str = "log",
+        n_test: int | None = None) -> dict:
     from autoseg.checkpoint import load_checkpoint
     from autoseg.demo import CONFIGURATION, FOLD, evaluate, mean_dice, predict
     from autoseg.training import TrainOptions, train_fold
 
-    home = work / "demo_home"
-    opts, paths = _dataset(home, head)
+    home = work / ("demo_home" if n_test is None else f"demo_home_test{n_test}")
+    opts, paths = _dataset(home, head, n_test)
     s = opts.settings
     fold_dir = paths.fold_dir(CONFIGURATION, FOLD)
     shutil.rmtree(fold_dir, ignore_errors=True)
@@ -84,9 +88,11 @@ def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, tr
         workers=2, seed=seed, precision=precision, progress=False, dice=dice))
     train_s = time.perf_counter() - t0
     log = load_checkpoint(fold_dir / "checkpoint_final.pt")["log"]
-    out = work / f"out_seed{seed}_{head}_{precision}_{dice}"
+    epochs = epochs or s.epochs
+    out = work / f"out_seed{seed}_{head}_{precision}_{dice}_e{epochs}_t{s.n_test}"
     summary, _ = evaluate(predict(paths, out), opts.out / "references", paths, out, 2)
     result = {"seed": seed, "region_head": head, "dice": dice, "precision": precision, "train_s": train_s,
+              "epochs": epochs, "n_test": s.n_test, "cpu_isa": os.environ.get("ATEN_CPU_CAPABILITY", "default"),
               "test_dice": mean_dice(summary), "pseudo_dice": log["pseudo_dice"],
               "trace": records if trace else None}
     with open(work / "results.jsonl", "a") as f:
@@ -96,12 +102,13 @@ def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, tr
 
 def table(work: Path) -> str:
     rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
-    lines = ["| head | Dice term | precision | seed | pseudo-Dice WT/TC/ET per epoch | test WT | test TC | test ET |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| head | Dice term | precision | kernels | epochs | test cases | seed | pseudo-Dice WT/TC/ET per epoch "
+             "| test WT | test TC | test ET |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         curve = " · ".join("/".join(f"{d:.2f}" for d in e) for e in r["pseudo_dice"])
         d = list(r["test_dice"].values())
-        lines.append(f"| {r['region_head']} | {r.get('dice', 'linear')} | {r['precision']} | {r['seed']} | {curve} | "
+        lines.append(f"| {r['region_head']} | {r.get('dice', 'linear')} | {r['precision']} | {r.get('cpu_isa', 'default')} | "
+                     f"{r.get('epochs', 7)} | {r.get('n_test', 3)} | {r['seed']} | {curve} | "
                      + " | ".join(f"{v:.3f}" for v in d) + " |")
     return "\n".join(lines)
 
@@ -113,6 +120,7 @@ def main() -> None:
     p.add_argument("--region-head", nargs="+", default=["sigmoid", "softmax"], choices=("sigmoid", "softmax"))
     p.add_argument("--precision", default="fp32")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--n-test", type=int, default=None, help="held-out cases (default: the demo's 3)")
     p.add_argument("--trace", action="store_true")
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--dice", nargs="+", default=["log"], choices=("log", "linear"),
@@ -122,7 +130,7 @@ def main() -> None:
         for dice in a.dice:
             for head in a.region_head:
                 for seed in a.seeds:
-                    run(a.work, seed, head, a.precision, a.epochs, a.trace, dice)
+                    run(a.work, seed, head, a.precision, a.epochs, a.trace, dice, a.n_test)
     print(table(a.work))
 
 
