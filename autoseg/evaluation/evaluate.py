@@ -15,6 +15,7 @@ import contextlib
 import csv
 import json
 import os
+from collections.abc import Collection
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +30,15 @@ from autoseg.errors import AutosegError, fail
 from autoseg.evaluation.calibration import calibration_and_ranking, check_inputs, report_table
 from autoseg.evaluation.lesions import LESION_COUNTS, LESION_HD95_PENALTY, LESION_METRICS, LesionSettings
 from autoseg.evaluation.metrics import EMPTY_HD95, METRICS, case_metrics, evaluated_masks
-from autoseg.io import atomic_path, read_image
+from autoseg.io import atomic_path, read_image, read_json
 from autoseg.locks import write_lock
 from autoseg.parallel import children_ignore_ctrl_c
-from autoseg.provenance import make_record
+from autoseg.provenance import make_record, staleness
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 SUMMARIZED = (*METRICS, "nsd", *LESION_METRICS)
 CSV_FIELDS = (*SUMMARIZED, *LESION_COUNTS, "n_ref", "n_pred")
+PROVENANCE = "summary.provenance.json"   # beside summary.json: the files and options it was computed from
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,10 @@ def _images_by_case(folder: Path, endings: tuple[str, ...], problems: list[str])
     return {cid: paths[0] for cid, paths in found.items() if cid not in ambiguous}, ambiguous
 
 
-def find_eval_cases(pred_dir: str | Path, ref_dir: str | Path, endings: tuple[str, ...] = IMAGE_ENDINGS
-                    ) -> tuple[list[EvalCase], list[str]]:
-    """Pair predictions with references by case id; unmatched ones come back as problem lines.
+def find_eval_cases(pred_dir: str | Path, ref_dir: str | Path, endings: tuple[str, ...] = IMAGE_ENDINGS,
+                    case_ids: Collection[str] | None = None) -> tuple[list[EvalCase], list[str]]:
+    """Pair predictions with references by case id; unmatched ones come back as problem lines. ``case_ids``: only
+    these cases count (a fold's held-out cases among every reference of labelsTr).
 
     No pair at all is an error (one line): nothing could be evaluated, so nothing is written.
     """
@@ -102,6 +105,9 @@ def find_eval_cases(pred_dir: str | Path, ref_dir: str | Path, endings: tuple[st
     for p in sorted(ref_dir.iterdir()):
         if p.is_dir() and (bc := find_brats_case(p)) is not None and bc.label is not None:
             refs[bc.case_id] = (bc.label, bc.channels[3])
+    if case_ids is not None:
+        preds = {c: p for c, p in preds.items() if c in case_ids}
+        refs = {c: r for c, r in refs.items() if c in case_ids}
     cases = [EvalCase(cid, preds[cid], *refs[cid]) for cid in sorted(preds) if cid in refs]
     if not cases:
         raise fail(pred_dir, f"no prediction matches a reference in {ref_dir} ({len(preds)} prediction(s), "
@@ -197,7 +203,7 @@ def write_results(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]
             f.flush()
             os.fsync(f.fileno())
         if provenance is not None:
-            tmp = stack.enter_context(atomic_path(out / "summary.provenance.json"))
+            tmp = stack.enter_context(atomic_path(out / PROVENANCE))
             with open(tmp, "w") as f:
                 f.write(json.dumps(provenance, indent=2) + "\n")
                 f.flush()
@@ -216,19 +222,24 @@ def _run(args: tuple[EvalCase, DatasetInfo, float | None, LesionSettings | None]
 def evaluate_folder(pred_dir: str | Path, ref_dir: str | Path, info: DatasetInfo, out_dir: str | Path | None = None,
                     workers: int = 1, overlays: bool = False, report: bool = False, progress: bool = True,
                     nsd_tolerance: float | None = None, lesions: LesionSettings | None = None,
-                    calibration: bool = False, uncertainty: bool = False) -> Evaluation:
+                    calibration: bool = False, uncertainty: bool = False, case_ids: Collection[str] | None = None,
+                    skip_current: bool = False) -> Evaluation:
     """Evaluate every prediction; write ``metrics.csv``, ``summary.json`` (and PNGs / ``report.html``) to ``out_dir``.
 
     ``nsd_tolerance`` (mm) adds normalised surface Dice, ``lesions`` the BraTS lesion-wise metrics,
     ``calibration`` the ECE and reliability diagram of ``PRED/CASE.npz``, ``uncertainty`` the ranking by
     ``PRED/uncertainty/CASE.json`` (:mod:`autoseg.evaluation.calibration`). When no case can be scored,
-    nothing is written and ``summary`` stays empty (``failed`` says why).
+    nothing is written and ``summary`` stays empty (``failed`` says why). ``case_ids``: score only these cases.
+    ``skip_current``: when ``out_dir`` holds the summary of exactly these files and options, return it unscored.
     """
     out = Path(out_dir) if out_dir is not None else Path(pred_dir)
-    cases, problems = find_eval_cases(pred_dir, ref_dir, endings_for(info))
+    cases, problems = find_eval_cases(pred_dir, ref_dir, endings_for(info), case_ids)
     options = {"dataset": info.to_dict(), "calibration": calibration, "uncertainty": uncertainty,
                **_settings(nsd_tolerance, lesions)}
     record = make_record("autoseg-evaluate", [p for c in cases for p in (c.pred, c.ref)], options)
+    if skip_current and (out / "summary.json").is_file() and staleness(out / PROVENANCE, record) is None:
+        summary = read_json(out / "summary.json")
+        return Evaluation(summary["per_case"], summary, list(summary["failed"]))
     with write_lock(out, "evaluation", "write the results to another folder with -o"):
         return _evaluate(cases, problems, info, out, workers, overlays, report, progress, nsd_tolerance, lesions,
                          calibration, uncertainty, record)

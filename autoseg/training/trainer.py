@@ -42,7 +42,7 @@ from autoseg.training.options import TrainOptions
 from autoseg.training.progress import TrainingLog, append_log, plot_progress
 from autoseg.training.schedule import epoch_lr, set_lr
 from autoseg.training.state import check_same_recipe, load_pretrained, restore_training, training_payload
-from autoseg.training.validation import validate_cases
+from autoseg.training.validation import validate_cases, validate_raw
 
 
 @dataclass(frozen=True)
@@ -372,8 +372,23 @@ def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, option
                                  fold_dir / "validation", compute_dtype=dtype)
         for region, metrics in summary["mean"].items():
             write(f"validation mean {region}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if options.validate and main and data.split.val and fold != "all":   # a cross-validation fold: in raw space too
+        _validate_raw(paths, fold_dir, int(fold), data.split.val, recipe, options, write)
     ddp.barrier()
     return fold_dir
+
+
+def _validate_raw(paths: DatasetPaths, fold_dir: Path, fold: int, case_ids: list[str], recipe: Recipe,
+                  options: TrainOptions, write) -> None:
+    """The fold's cross-validation predictions and metrics in the raw images' space (skips what is up to date)."""
+    report, evaluation = validate_raw(paths, fold_dir, fold, case_ids, recipe.name, options.device, options.precision,
+                                      options.progress)
+    for line in report.failed + evaluation.failed:
+        write(f"raw-space validation: {line}")
+    write(f"raw-space validation: {len(report.written)} case(s) predicted, {len(report.skipped)} up to date, "
+          f"{len(evaluation.per_case)} scored -> {fold_dir / 'validation_raw'}")
+    for region, metrics in evaluation.summary.get("mean", {}).items():
+        write(f"raw-space validation mean {region}: Dice {metrics['dice']:.4f}, HD95 {metrics['hd95']:.2f} mm")
 
 
 @dataclass(frozen=True)

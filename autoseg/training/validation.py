@@ -1,8 +1,12 @@
-"""End-of-training validation: sliding-window prediction of the fold's held-out preprocessed cases
-and per-case metrics, written as ``validation/summary.json`` and ``validation/per_case.csv``.
+"""End-of-training validation of a fold's held-out cases, twice:
 
-Metrics are computed in the preprocessed space (cropped, resampled to the plan's spacing), which is
-what nnU-Net's pseudo-Dice and our fold selection need; ``autoseg-evaluate`` scores exported NIfTI.
+- :func:`validate_cases`, the fold's quick check: sliding-window prediction of the preprocessed cases, scored in
+  the preprocessed space (cropped, resampled to the plan's spacing): ``validation/summary.json``, ``per_case.csv``;
+- :func:`validate_raw`, the cross-validation result: the fold's ``checkpoint_final.pt`` predicts the raw images as
+  ``autoseg-predict --save-probabilities`` would (``validation_raw/CASE.nii.gz`` and ``CASE.npz`` in each image's own
+  grid), scored against ``raw/.../labelsTr`` as ``autoseg-evaluate`` would (``validation_raw/summary.json``,
+  ``metrics.csv``). ``autoseg-evaluate --crossval`` and ``autoseg-find-best`` (:mod:`autoseg.selection`) read
+  these; a rerun redoes only cases whose model, images or options changed (:mod:`autoseg.provenance`).
 """
 
 from __future__ import annotations
@@ -19,8 +23,14 @@ from torch import nn
 
 from autoseg.context import stack_context
 from autoseg.dataset import DatasetInfo
+from autoseg.errors import fail
+from autoseg.evaluation.evaluate import Evaluation, evaluate_folder
+from autoseg.inference.predictor import PredictionReport, Predictor, predict_folder
 from autoseg.io import atomic_path, write_json_atomic
+from autoseg.paths import DatasetPaths
 from autoseg.plans import ConfigurationPlan
+
+RAW_FOLDER = "validation_raw"   # fold_N/validation_raw: predictions and metrics in the raw images' space
 
 
 def validate_cases(network: nn.Module, case_ids: list[str], load_case: Callable[[str], Any], info: DatasetInfo,
@@ -75,3 +85,26 @@ def write_per_case_csv(path: Path, per_case: dict[str, dict[str, dict[str, float
             for case_id, ms in per_case.items():
                 flat = {f"{r}_{m}": v for r, vs in ms.items() for m, v in vs.items()}
                 w.writerow([case_id, *(flat.get(c, "") for c in columns)])
+
+
+def validate_raw(paths: DatasetPaths, fold_dir: Path, fold: int, case_ids: list[str], recipe: str, device: str = "auto",
+                 precision: str = "auto", progress: bool = True) -> tuple[PredictionReport, Evaluation]:
+    """Predict the fold's held-out raw cases with its ``checkpoint_final.pt`` into ``fold_dir/validation_raw`` (labels
+    and probabilities, mirroring on, as autoseg-predict) and score them against the raw references there; what is up
+    to date is kept. Returns what the prediction did and the evaluation (its ``failed`` names cases not scored)."""
+    images, labels = paths.raw / "imagesTr", paths.raw / "labelsTr"
+    for folder in (images, labels):
+        if not folder.is_dir():
+            raise fail(folder, "not found: the raw-space validation predicts and scores the raw training cases",
+                       "restore the raw dataset, then rerun autoseg-train for this fold (a finished fold is only "
+                       "validated)")
+    out = fold_dir / RAW_FOLDER
+    predictor = Predictor.from_checkpoints([fold_dir / "checkpoint_final.pt"], device, precision, dataset=paths.name,
+                                           folds=[fold], recipe=recipe)
+    report = predict_folder(predictor, images, out, save_probs=True, progress=progress, case_ids=set(case_ids))
+    found = set(report.written) | set(report.skipped) | {line.split(":")[0] for line in report.failed}
+    report.failed += [str(fail(images, f"no images of held-out case {c}", "restore them from the raw dataset"))
+                      for c in case_ids if c not in found]
+    evaluation = evaluate_folder(out, labels, predictor.info, out, progress=progress, case_ids=set(case_ids),
+                                 skip_current=True)
+    return report, evaluation
