@@ -146,10 +146,10 @@ def test_every_console_script_has_a_launcher_and_a_command_module() -> None:
     from autoseg import cli
 
     scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("autoseg-")}
-    assert len(scripts) == 10
+    assert len(scripts) == 11
     for script, target in scripts.items():
         module, attr = target.split(":")
         assert module == "autoseg.cli" and callable(getattr(cli, attr)), script
         name = script.removeprefix("autoseg-")
-        module_name = {"import": "import_model"}.get(name, name)   # "import" is a keyword
+        module_name = {"import": "import_model"}.get(name, name.replace("-", "_"))   # "import" is a keyword
         assert callable(importlib.import_module(f"autoseg.cli.{module_name}").main)

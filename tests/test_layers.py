@@ -29,6 +29,8 @@ ORDER = [
     # the stages, in the order the user's path runs them
     "fingerprint", "planning", "preprocessing", "data", "postprocessing", "input_forms", "inference", "ensemble",
     "evaluation", "training",
+    # choosing the model to predict with, on the cross-validation of the trained folds
+    "selection",
     # sharing trained models (export and import of fold folders)
     "packaging", "deployment",
     # orchestration: the demo runs the whole path, the CLI parses arguments and calls a stage

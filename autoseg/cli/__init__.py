@@ -46,4 +46,5 @@ autoseg_evaluate = _launcher("evaluate")
 autoseg_ensemble = _launcher("ensemble")
 autoseg_demo = _launcher("demo")
 autoseg_export = _launcher("export")
+autoseg_find_best = _launcher("find-best", "find_best")
 autoseg_import = _launcher("import", "import_model")   # ``import`` is a keyword: no module of that name

@@ -1,5 +1,6 @@
 """autoseg-evaluate: Dice, HD95, sensitivity and specificity of predicted segmentations against references;
-optionally normalised surface Dice and the BraTS 2023 lesion-wise Dice and HD95."""
+optionally normalised surface Dice and the BraTS 2023 lesion-wise Dice and HD95. With --crossval: a trained
+configuration's folds, validated in the raw images' space, merged into one cross-validation summary."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from autoseg.evaluation.evaluate import EvalCase, brats_info_for, endings_for, e
 from autoseg.evaluation.lesions import LesionSettings
 from autoseg.input_forms import nifti_for_evaluation
 from autoseg.io import read_image
+from autoseg.paths import run_folder_name
 from autoseg.postprocessing import determine_postprocessing
+from autoseg.recipes import recipe_name
 
 
 def resolve_info(args: argparse.Namespace) -> DatasetInfo:
@@ -52,10 +55,10 @@ def _mean_line(name: str, m: dict[str, float]) -> str:
 def _main(argv: Sequence[str] | None) -> int:
     p = parser("autoseg-evaluate", "Score CASE.nii.gz predictions against references (CASE.nii.gz or BraTS case "
                "folders): per-case metrics.csv and summary.json (mean, median, std).")
-    p.add_argument("-p", "--pred", required=True,
+    p.add_argument("-p", "--pred", default=None,
                    help="folder of predicted CASE.nii.gz (or the dataset's file ending, .nii, .mha, .mhd, .nrrd), "
                         "or of PNG/TIFF masks as autoseg-predict writes them for PNG/TIFF input")
-    p.add_argument("-r", "--ref", required=True,
+    p.add_argument("-r", "--ref", default=None,
                    help="folder of reference CASE.nii.gz (same endings), BraTS case folders, or PNG/TIFF masks "
                         "(PATIENT/001.png ... or CASE.png; grey values as dataset.json's autoseg_mask_values)")
     add_dataset(p)
@@ -81,7 +84,20 @@ def _main(argv: Sequence[str] | None) -> int:
                         "with Dice per label/region)")
     p.add_argument("--determine-postprocessing", default=None, metavar="FILE",
                    help="on cross-validation predictions: decide largest-component postprocessing, save it to FILE")
+    p.add_argument("--crossval", action="store_true",
+                   help="instead of -p/-r: merge the raw-space validation of every fold of -c CONFIG [--recipe R] "
+                        "(fold_N/validation_raw) into results/DATASET/[RECIPE__]CONFIG/crossval/; names missing folds")
+    p.add_argument("-c", "--configuration", default=None, help="with --crossval: the trained configuration")
+    p.add_argument("--recipe", default=None, metavar="NAME|FILE.json",
+                   help="with --crossval: the recipe the folds were trained with (default nnunet)")
     args = p.parse_args(argv)
+    if args.crossval:
+        if args.configuration is None or args.pred is not None or args.ref is not None:
+            p.error("--crossval takes -c CONFIG (and --recipe), not -p/-r; e.g. autoseg-evaluate --crossval -d 1 "
+                    "-c 3d_fullres")
+        return _crossval(args)
+    if args.pred is None or args.ref is None:
+        p.error("-p PRED and -r REF are required (or --crossval -c CONFIG)")
     info = resolve_info(args)
     lesions = LesionSettings(args.lesion_dilation, args.lesion_min_volume) if args.lesion_wise else None
     nsd_tolerance = args.nsd_tolerance if args.nsd_tolerance is not None else (1.0 if args.lesion_wise else None)
@@ -108,6 +124,24 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"postprocessing: keep the largest component of {', '.join(steps) or 'nothing (no gain)'} "
               f"-> {args.determine_postprocessing}", file=sys.stderr)
     return 2 if result.failed else 0
+
+
+def _crossval(args: argparse.Namespace) -> int:
+    """Merge the folds; print the means and each missing fold; exit 2 while folds are missing."""
+    from autoseg.selection import CROSSVAL, crossval   # (the trainer's modules: loaded for --crossval only)
+    paths = dataset_paths(args)
+    folder = run_folder_name(args.configuration, recipe_name(args.recipe))
+    result = crossval(paths, folder)
+    for line in result.missing:
+        print(f"missing: {line}", file=sys.stderr)
+    if not result.summary:
+        raise fail(paths.results / folder, "no fold has a raw-space validation yet (see the lines above)",
+                   "train the folds, or rerun autoseg-train for finished ones (they are then only validated)")
+    for name, m in result.summary["mean"].items():
+        print(_mean_line(name, m))
+    print(f"{result.summary['num_cases']} case(s) of fold(s) {', '.join(map(str, result.fold_dirs))} -> "
+          f"{paths.results / folder / CROSSVAL / 'summary.json'}", file=sys.stderr)
+    return 2 if result.missing else 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
