@@ -78,6 +78,13 @@ class DatasetPaths:
     def fold_dir(self, configuration: str, fold: int | str, recipe: str | None = None) -> Path:
         return self.run_dir(configuration, recipe) / (f"fold_{fold}" if str(fold) != "all" else "fold_all")
 
+    def trained_configurations(self, recipe: str | None = None, checkpoint: str = "checkpoint_final.pt") -> list[str]:
+        """The configurations with at least one fold holding ``checkpoint`` for ``recipe``, sorted (for messages
+        that say which exist, and for the default of commands run without -c)."""
+        found = {p.parent.parent.name for p in self.results.glob(f"*/fold_*/{checkpoint}")}
+        return sorted(c for c in (name.rpartition(RECIPE_SEPARATOR)[2] for name in found)
+                      if run_folder_name(c, recipe) in found)
+
     @property
     def dataset_id(self) -> int:
         return int(self.name[7:10])

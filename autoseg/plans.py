@@ -12,6 +12,7 @@ from typing import Any
 
 from autoseg.errors import fail
 from autoseg.io import read_json, write_json_atomic
+from autoseg.paths import DatasetPaths
 
 PLANS_VERSION = 1
 REGION_HEADS = ("softmax", "sigmoid")
@@ -146,3 +147,13 @@ class Plans:
         if not path.is_file():
             raise fail(path, "no plan found", "run autoseg-plan first")
         return cls.from_dict(read_json(path), path)
+
+
+def default_configuration(paths: DatasetPaths, recipe: str | None = None) -> str:
+    """The configuration a command uses without -c: the plan's default (``3d_fullres``, or the only one planned,
+    e.g. ``2d`` for a 2D dataset); without a plans.json (a results folder copied alone) the only one trained, else
+    ``3d_fullres``."""
+    if paths.plans_json.is_file():
+        return Plans.load(paths.plans_json).default_configuration
+    trained = paths.trained_configurations(recipe)
+    return trained[0] if len(trained) == 1 else "3d_fullres"

@@ -14,7 +14,8 @@ from autoseg import brats
 from autoseg.dataset import DatasetInfo, list_cases
 from autoseg.errors import AutosegError
 from autoseg.io import Geometry, atomic_path, read_image, write_image, write_json_atomic
-from autoseg.paths import resolve_dataset
+from autoseg.paths import DatasetPaths, resolve_dataset
+from autoseg.plans import default_configuration
 from autoseg.synthetic import make_case
 
 
@@ -27,6 +28,21 @@ def test_resolve_dataset_by_number_name_and_default(synthetic_home: Path) -> Non
         resolve_dataset(synthetic_home, None)
     with pytest.raises(AutosegError, match="no dataset matches"):
         resolve_dataset(synthetic_home, "7")
+
+
+def test_trained_configurations_and_the_default_without_a_plan(tmp_path: Path) -> None:
+    """Configurations with a fold checkpoint, per recipe; without plans.json the default is the only one trained."""
+    paths = DatasetPaths(tmp_path, "Dataset001_X")
+    assert paths.trained_configurations() == [] and default_configuration(paths) == "3d_fullres"
+    for folder, fold in (("2d", "fold_0"), ("resenc__3d_lowres", "fold_all"), ("3d_fullres", "fold_1")):
+        (paths.results / folder / fold).mkdir(parents=True)
+    (paths.results / "2d" / "fold_0" / "checkpoint_final.pt").touch()
+    (paths.results / "resenc__3d_lowres" / "fold_all" / "checkpoint_final.pt").touch()
+    assert paths.trained_configurations() == ["2d"] and default_configuration(paths) == "2d"
+    assert paths.trained_configurations("resenc") == ["3d_lowres"]
+    assert paths.trained_configurations(checkpoint="checkpoint_best.pt") == []
+    (paths.results / "3d_fullres" / "fold_1" / "checkpoint_final.pt").touch()
+    assert paths.trained_configurations() == ["2d", "3d_fullres"] and default_configuration(paths) == "3d_fullres"
 
 
 @pytest.mark.parametrize("convention", ["brats2020", "brats2023"])

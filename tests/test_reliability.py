@@ -1251,3 +1251,20 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_and_another_hosts_is_not(w
     assert "on host node-elsewhere-17" in line and f"if that job is gone, delete {lock}" in line, line
     shown = [re.sub(r"pid \d+", "pid 4242", re.sub(r"since [\d-]+ [\d:]+", "since DATE TIME", ln)) for ln in lines]
     record("a lock of another host", prog, code, shown, "the folder; the lock", work)
+
+
+# ---------------------------------------------------------------- the configuration used without -c (issue 12)
+
+def test_predict_without_c_names_the_trained_configurations_when_the_default_has_none(work: Path, capsys) -> None:
+    """Without -c, autoseg-predict uses the plan's default (3d_fullres here; a 2D dataset's only 2d, see
+    test_slices_pipeline). When that has no trained fold but another configuration has, the line names it."""
+    paths, out = _paths(work), work / "out"
+    paths.run_dir("3d_fullres").rename(paths.run_dir("3d_lowres"))
+    code, lines = run(predict_main, ["-i", paths.raw / "imagesTs", "-o", out, "--home", work / "home",
+                                     "--no-tta", "--device", "cpu"], capsys)
+    line = expect_one_line(code, lines, paths.run_dir("3d_fullres"), "autoseg-predict")
+    assert "no trained fold with checkpoint_final.pt (trained: 3d_lowres); choose one with -c 3d_lowres" in line, line
+    assert not out.exists()
+    record("no -c, and the default configuration (3d_fullres) has no trained fold", "autoseg-predict", code, lines,
+           "no output", work)
+

@@ -72,7 +72,7 @@ def test_2d_images_plan_only_2d_and_train_predict_evaluate(tmp_path: Path, capsy
 
     out = tmp_path / "pred"
     with pytest.raises(SystemExit) as e:
-        predict_main(["-i", str(paths.raw / "imagesTs"), "-o", str(out), *common, "-c", "2d", "--no-tta"])
+        predict_main(["-i", str(paths.raw / "imagesTs"), "-o", str(out), *common, "--no-tta"])   # -c: the only one
     assert e.value.code in (0, None)
     refs = tmp_path / "refs"
     for k in (6, 7):

@@ -34,7 +34,8 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("-o", "--output", required=True, help="folder for CASE.nii.gz (and CASE.npz)")
     add_dataset(p)
     p.add_argument("-c", "--configuration", default=None,
-                   help="trained configuration (default: 3d_fullres; with --model, the model's only one)")
+                   help="trained configuration (default: the plan's, 3d_fullres or the only one planned such as 2d; "
+                        "with --model, the model's only one)")
     p.add_argument("-f", "--folds", nargs="+", type=fold_arg, default=None,
                    help="folds to average (0 1 2 3 4, or all); default: every trained fold_N (fold_all if none)")
     p.add_argument("--recipe", default=None, metavar="NAME|FILE.json",
@@ -86,7 +87,7 @@ def _main(argv: Sequence[str] | None) -> int:
             print("autoseg-predict: applying the model's postprocessing.json (--no-postprocess to skip)",
                   file=sys.stderr)
     else:
-        predictor = Predictor.from_results(dataset_paths(args), args.configuration or "3d_fullres", args.folds,
+        predictor = Predictor.from_results(dataset_paths(args), args.configuration, args.folds,
                                            args.checkpoint or "final", recipe_name(args.recipe), **run)
     if args.uncertainty and predictor.num_members == 1:
         print("autoseg-predict: one ensemble member (one fold, --no-tta): the variance maps will be 0", file=sys.stderr)

@@ -32,7 +32,7 @@ from autoseg.inference.uncertainty import RunningVariance
 from autoseg.input_forms import InputCase
 from autoseg.io import Geometry
 from autoseg.paths import DEFAULT_RECIPE, DatasetPaths
-from autoseg.plans import ConfigurationPlan, Plans
+from autoseg.plans import ConfigurationPlan, Plans, default_configuration
 from autoseg.precision import compute_dtype_for
 from autoseg.preprocessing import preprocess_case, restore_probabilities
 
@@ -70,13 +70,14 @@ class Predictor:
                    **options)
 
     @classmethod
-    def from_results(cls, paths: DatasetPaths, configuration: str = "3d_fullres",
+    def from_results(cls, paths: DatasetPaths, configuration: str | None = None,
                      folds: Sequence[int | str] | None = None, checkpoint: str = "final", recipe: str | None = None,
                      **kwargs) -> Predictor:
         """Load the folds of ``results/DatasetX/CONFIG`` (``RECIPE__CONFIG`` for another ``recipe`` than the default);
         ``folds=None`` takes every trained cross-validation fold (``fold_all``, the model trained on every case,
-        only when there is none)."""
+        only when there is none). ``configuration=None``: the plan's default (:func:`autoseg.plans.default_configuration`)."""
         recipe = recipe or DEFAULT_RECIPE
+        configuration = configuration or default_configuration(paths, recipe)
         run_dir = paths.run_dir(configuration, recipe)
         if checkpoint not in CHECKPOINTS:
             raise fail(None, f"--checkpoint {checkpoint!r} unknown", f"use one of {', '.join(CHECKPOINTS)}")
@@ -89,8 +90,11 @@ class Predictor:
             found = found or sorted(run_dir.glob(f"fold_all/{name}"))
             if not found:
                 with_recipe = "" if recipe == DEFAULT_RECIPE else f" --recipe {recipe}"
-                raise fail(run_dir, f"no trained fold with {name}",
-                           f"train one first: autoseg-train {configuration} fold0{with_recipe}")
+                trained = paths.trained_configurations(recipe, name)
+                have = f" (trained: {', '.join(trained)})" if trained else ""
+                choose = f"choose one with -c {trained[0]}, or " if trained else ""
+                raise fail(run_dir, f"no trained fold with {name}{have}",
+                           f"{choose}train one first: autoseg-train {configuration} fold0{with_recipe}")
             folds = [p.parent.name.removeprefix("fold_") for p in found]
             return cls.from_checkpoints(found, dataset=paths.name, folds=folds, recipe=recipe, **kwargs)
         return cls.from_checkpoints([paths.fold_dir(configuration, f, recipe) / name for f in folds], dataset=paths.name,
