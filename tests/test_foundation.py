@@ -45,6 +45,21 @@ def test_trained_configurations_and_the_default_without_a_plan(tmp_path: Path) -
     assert paths.trained_configurations() == ["2d", "3d_fullres"] and default_configuration(paths) == "3d_fullres"
 
 
+def test_shard_overlap_rule_matches_the_cases_the_jobs_take() -> None:
+    """Jobs i/n and j/m (autoseg.parallel.shard: every n-th sorted case from i) share a case exactly when the
+    lock rule says so; every lock name reads back as its shard."""
+    from autoseg.locks import lock_name, shard_of_lock, shards_overlap
+    from autoseg.parallel import shard
+    cases = list(range(120))
+    for n, m in [(a, b) for a in range(1, 7) for b in range(1, 7)]:
+        for i in range(n):
+            for j in range(m):
+                shared = set(shard(cases, i, n)) & set(shard(cases, j, m))
+                assert shards_overlap((i, n), (j, m)) == bool(shared), (i, n, j, m)
+                assert shard_of_lock(lock_name((i, n))) == (i, n)
+    assert shard_of_lock(".autoseg.lock.shard-4-of-4") is None and shard_of_lock("case_001.nii.gz") is None
+
+
 @pytest.mark.parametrize("convention", ["brats2020", "brats2023"])
 def test_regions_write_back_original_labels(convention: str) -> None:
     d = brats.dataset_json_for(convention, 1, "x")

@@ -1268,3 +1268,46 @@ def test_predict_without_c_names_the_trained_configurations_when_the_default_has
     record("no -c, and the default configuration (3d_fullres) has no trained fold", "autoseg-predict", code, lines,
            "no output", work)
 
+
+# ---------------------------------------------------------------- --shard jobs of one output folder (issue 16)
+
+SHARD_PAIRS = [   # (the live job's shard, this run's shard, whether this run may write beside it)
+    ((0, 2), (1, 2), True), ((1, 2), (0, 4), True), ((0, 2), (0, 2), False), ((0, 2), (0, 4), False),
+    ((0, 1), (1, 2), False), ((1, 2), (0, 1), False),
+]
+
+
+def test_shards_of_one_folder_run_side_by_side_and_overlapping_ones_are_refused(work: Path, capsys) -> None:
+    """The jobs of a --shard array write one folder at once; a run whose cases can overlap a live job's (the same
+    shard again, 0/2 beside 0/4, a run without --shard beside any job) stops with one line naming that job. Such
+    runs used to write the same cases at once unnoticed (each shard had a lock of its own, looked at by nobody else)."""
+    import socket
+
+    from autoseg.locks import lock_name, write_lock
+    paths, out = _paths(work), work / "out"
+    cases = ["case_004", "case_005"]
+    for held, mine, allowed in SHARD_PAIRS:
+        shutil.rmtree(out, ignore_errors=True)
+        argv = ["-i", paths.raw / "imagesTs", "-o", out, "--home", work / "home", *PREDICT_ARGS]
+        argv += ["--shard", f"{mine[0]}/{mine[1]}"] if mine[1] > 1 else []
+        with write_lock(out, "prediction", "write to another folder with -o", lock_name(held)):
+            code, lines = run(predict_main, argv, capsys)
+            written = sorted(p.name for p in out.iterdir() if p.name.endswith(".nii.gz"))
+        shown = [re.sub(r"\(\S+, pid \d+", "(COMMAND, pid 4242", re.sub(r"since [\d-]+ [\d:]+", "since DATE TIME", ln))
+                 .replace(socket.gethostname(), "HOST") for ln in lines]
+        words = {(0, 1): "no --shard"}.get(held, f"--shard {held[0]}/{held[1]}")
+        case = f"{'--shard ' + '/'.join(map(str, mine)) if mine[1] > 1 else 'no --shard'} while {words} writes -o"
+        if allowed:
+            assert code == 0 and lines[-1].startswith("1 written, 0 already done, 0 failed"), (held, mine, lines)
+            assert written == [f"{c}.nii.gz" for c in cases[mine[0]::mine[1]]], (held, mine, written)
+            record(case, "autoseg-predict", code, shown, "- (the jobs' cases are disjoint)", work)
+            continue
+        line = expect_one_line(code, lines, out, "autoseg-predict")
+        assert "being written by another prediction (" in line and f", pid {os.getpid()} on host" in line, line
+        assert written == [], (held, mine, written)
+        if held == mine:
+            assert f"with the same --shard {held[0]}/{held[1]}; wait for it to finish" in line, line
+        else:
+            assert f"with {words}" in line and "whose cases overlap this run's" in line, line
+        record(case, "autoseg-predict", code, shown, "the folder", work)
+    assert not list(out.glob(".autoseg.lock*"))   # every lock released
