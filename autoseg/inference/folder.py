@@ -5,7 +5,7 @@ line while the others finish."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,11 +59,14 @@ def _prefetch(cases: list[InputCase], missing: Sequence[int] = ()) -> Iterator[t
 def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str | Path,
                    save_probs: bool = False, postprocessing: PostprocessingPlan | None = None,
                    shard: tuple[int, int] = (0, 1), overlay_png: bool = False, progress: bool = True,
-                   uncertainty: bool = False) -> PredictionReport:
-    """Predict every case of ``input_dir`` (its ``shard``) into ``output_dir``; see the module docstring."""
+                   uncertainty: bool = False, case_ids: Collection[str] | None = None) -> PredictionReport:
+    """Predict every case of ``input_dir`` (its ``shard``; only ``case_ids`` when given, e.g. a fold's held-out
+    cases) into ``output_dir``; see the module docstring."""
     out_dir = Path(output_dir)
     cases = (form_input_cases(input_dir, predictor.info)
              or find_input_cases(input_dir, predictor.info.num_channels, predictor.info.file_ending))
+    if case_ids is not None:
+        cases = [c for c in cases if c.case_id in case_ids]
     cases = shard_items(cases, *shard, key=lambda c: c.case_id)
     report = PredictionReport()
     try:   # before any work: an output folder that cannot exist fails now, not after every case is predicted
