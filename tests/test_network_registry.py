@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from autoseg.errors import AutosegError
+from autoseg.inference.sliding_window import eval_mode
 from autoseg.network import (
     adapt_network_plan,
     build_network,
@@ -98,6 +99,24 @@ def test_outputs_fit_the_deep_supervision_loss_and_the_region_head(arch, base) -
     with torch.no_grad():
         single = build_network(plan, 4, 3, deep_supervision=False).eval()(x)
     assert isinstance(single, torch.Tensor) and list(single.shape) == [2, 3, *patch]
+
+
+@pytest.mark.parametrize("arch", BUILT_IN)
+def test_a_training_checkpoint_loads_into_the_prediction_network(arch) -> None:
+    """What autoseg-predict does with a fold: the weights of the network trained with deep supervision load
+    strictly into the one built without it, which gives the same eval output and one full-size tensor in
+    training mode too (SegResNetDS once built its lower heads only with deep supervision: nothing loaded)."""
+    plan = adapt_network_plan(ANISO, arch)
+    patch = PATCH[plan.ndim]
+    torch.manual_seed(0)
+    trained = build_network(plan, 4, 3, deep_supervision=True, region_membership=BRATS)
+    served = build_network(plan, 4, 3, deep_supervision=False, region_membership=BRATS)
+    served.load_state_dict(trained.state_dict())
+    x = torch.randn(1, 4, *patch)
+    with torch.no_grad(), eval_mode(trained):
+        assert torch.equal(served.eval()(x), trained(x))
+        out = served.train()(x)
+    assert isinstance(out, torch.Tensor) and list(out.shape) == [1, 3, *patch]
 
 
 @pytest.mark.parametrize("arch", BUILT_IN)

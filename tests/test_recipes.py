@@ -465,12 +465,8 @@ def test_a_network_that_does_not_fit_the_gpu_is_refused_naming_the_recipe():
         check_fits(recipe, net, plan, info, 2 ** 20, True)
 
 
-SEGRESNET_PREDICT = pytest.mark.xfail(strict=True, reason="the registry builds SegResNetDS's lower heads only with deep "
-                                     "supervision, so its training checkpoint does not load into the prediction network")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param("segresnet", marks=SEGRESNET_PREDICT), "attention-unet"])
+@pytest.mark.parametrize("name", ["segresnet", "attention-unet"])
 def test_the_monai_recipes_train_and_predict(prepared, tmp_path, name):
     pytest.importorskip("monai")
     home = copy_home(prepared, tmp_path / "h")

@@ -87,12 +87,25 @@ def segresnet_problem(plan: NetworkPlan) -> str | None:
     return None
 
 
+def _full_resolution_only(module: nn.Module, args: object, outputs: Any) -> Any:
+    """SegResNetDS's deep-supervision list cut to its first (full-resolution) output when deep supervision is off."""
+    if isinstance(outputs, (list, tuple)) and not module.deep_supervision:
+        return outputs[0]
+    return outputs
+
+
 def build_segresnet(plan: NetworkPlan, in_channels: int, out_channels: int, deep_supervision: bool) -> nn.Module:
+    """SegResNetDS with a head on every decoder level whether or not ``deep_supervision`` is on, so a training
+    checkpoint loads into the prediction network (its state_dict keys do not depend on the flag); without deep
+    supervision the lower heads' outputs are dropped (a forward hook, MONAI's own forward unchanged)."""
     nets = monai_nets("segresnet")
-    return nets.SegResNetDS(
+    net = nets.SegResNetDS(
         spatial_dims=plan.ndim, init_filters=plan.features[0], in_channels=in_channels, out_channels=out_channels,
         act="relu", norm="instance", blocks_down=tuple(plan.n_conv_encoder), blocks_up=tuple(plan.n_conv_decoder),
-        dsdepth=plan.n_stages - 1 if deep_supervision else 1, resolution=tuple(_resolution(plan.strides[1:])))
+        dsdepth=plan.n_stages - 1, resolution=tuple(_resolution(plan.strides[1:])))
+    net.deep_supervision = deep_supervision
+    net.register_forward_hook(_full_resolution_only)
+    return net
 
 
 # ---- attention_unet -------------------------------------------------------------------------------------
