@@ -2,8 +2,8 @@
 
 ``OUT/provenance/CASE.json`` for each case of a prediction or an ensemble (``summary.provenance.json`` beside an
 evaluation's ``summary.json``) holds what the outputs depend on: the model (SHA-256 of each fold network's
-weights and of the plan and dataset description it predicts with), the identity of every input file (name, size,
-modification time) and the options that change the result. It is written after the outputs and
+weights and of the plan and dataset description it predicts with), the identity of every input file (name, size
+and SHA-256 of its content) and the options that change the result. It is written after the outputs and
 removed before they are rewritten, so a record always describes the outputs beside it. A rerun compares the
 record with what it would write now: equal -> the case is up to date and skipped; different, or no record
 (outputs of an older version or another tool) -> the case is *stale* and redone, and the summary line says so.
@@ -27,10 +27,14 @@ PARTS = {"model": "another model", "inputs": "changed inputs", "options": "other
 
 
 def file_identity(path: str | os.PathLike) -> dict[str, Any]:
-    """A file as a record names it: name, size and modification time (ns). Any rewrite changes it; a copy that
-    keeps the time (``cp -p``, ``rsync -a``, moving a data root) does not, so moved data is not redone."""
-    st = Path(path).stat()
-    return {"name": Path(path).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    """A file as a record names it: name, size and the SHA-256 of its content, streamed (about 50 ms for the four
+    images of a BraTS case, 9 MB; reading them takes 330 ms). Content, not times: a file replaced by another of the
+    same name, size and modification time is told apart, and a copy or a moved data root, whatever its times and
+    inodes, is the same file (not redone)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"name": Path(path).name, "size": size, "sha256": digest}
 
 
 def model_identity(networks: Sequence[Any], plan: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any]:

@@ -1098,10 +1098,26 @@ def _predict(work: Path, out: Path, capsys, *extra: str) -> tuple[int, list[str]
                               "--save-probabilities", *extra], capsys)
 
 
+def _replace_keeping_name_size_and_time(image: Path) -> None:
+    """Replace ``image`` by another image (one voxel changed) whose file has the same size, and give it the old
+    modification time: what a name, size and time cannot tell apart."""
+    array, geometry = read_image(image)
+    st, old = image.stat(), image.read_bytes()
+    for value in range(1, 500):
+        changed = array.copy()
+        changed.flat[changed.size // 2] += value
+        write_image(image, changed, geometry)
+        if image.stat().st_size == st.st_size:
+            break
+    assert image.stat().st_size == st.st_size and image.read_bytes() != old
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def test_predict_redoes_stale_outputs_and_skips_only_up_to_date_ones(work: Path, capsys) -> None:
     """Each case's outputs have a record of what made them (OUT/provenance/CASE.json): the same command again
-    skips them; after retraining, a rewritten input, another option, or without a record they are redone, and the
-    summary says how many and why. After retraining it used to say "0 written, 2 already done" (exit 0) and keep
+    skips them, and so does an input copied anew with the same content; after retraining, an input replaced (even
+    by a file of the same name, size and modification time), another option, or without a record they are redone,
+    and the summary says how many and why. After retraining it used to say "0 written, 2 already done" (exit 0) and keep
     the old model's predictions."""
     paths, out = _paths(work), work / "out"
     code, lines = _predict(work, out, capsys)
@@ -1121,11 +1137,17 @@ def test_predict_redoes_stale_outputs_and_skips_only_up_to_date_ones(work: Path,
     record("outputs of the model before retraining (same -o)", "autoseg-predict", code, lines, "-", work)
 
     image = paths.raw / "imagesTs" / "case_005_0002.nii.gz"
-    image.write_bytes(image.read_bytes())   # rewritten (as a re-export or a new copy would)
+    image.write_bytes(image.read_bytes())   # rewritten with the same content (a new copy): the same input
+    code, lines = _predict(work, out, capsys)
+    assert code == 0 and lines[-1].startswith("0 written, 2 already done"), lines
+    record("an input image rewritten with the same content (a new copy, other times)", "autoseg-predict", code,
+           lines, "every output", work)
+    _replace_keeping_name_size_and_time(image)
     code, lines = _predict(work, out, capsys)
     assert code == 0 and lines[-1].startswith("1 written (1 of them stale, redone: changed inputs), 1 already done"), \
         lines
-    record("an input image rewritten since", "autoseg-predict", code, lines, "the other case's outputs", work)
+    record("an input image replaced by another of the same name, size and modification time", "autoseg-predict",
+           code, lines, "the other case's outputs", work)
 
     code, lines = _predict(work, out, capsys, "--step", "0.75")
     assert code == 0 and lines[-1].startswith("2 written (2 of them stale, redone: other options)"), lines
@@ -1163,7 +1185,7 @@ def test_ensemble_into_an_input_folder_is_refused_and_a_changed_input_is_redone(
 
 
 def test_evaluate_records_the_files_it_scored(work: Path, capsys) -> None:
-    """summary.provenance.json beside summary.json: every prediction and reference scored (name, size, time) and
+    """summary.provenance.json beside summary.json: every prediction and reference scored (name, size, content) and
     the options; written with the results, so it always describes them."""
     paths, ev = _paths(work), work / "ev"
     ref = paths.raw / "labelsTs"

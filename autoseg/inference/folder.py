@@ -77,7 +77,7 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
     with write_lock(out_dir, "prediction", "write to another folder with -o", lock_name(shard)):
         todo = []
         model = model_identity(predictor.networks, asdict(predictor.config), predictor.info.to_dict())
-        for case in cases:
+        for case in tqdm(cases, desc="check", unit="case", delay=2, disable=not progress):   # (inputs are hashed)
             record = _record(predictor, model, case, postprocessing)
             if _is_done(case, out_dir, save_probs) and (
                     not uncertainty or uncertainty_paths(out_dir, case.case_id)[2].is_file()):
