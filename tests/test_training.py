@@ -267,6 +267,24 @@ def test_precision_auto_is_fp16_on_cuda_bf16_on_a_bf16_cpu_else_fp32(monkeypatch
         precision.compute_dtype_for("half", cpu)
 
 
+def test_one_device_resolver_for_training_and_prediction(monkeypatch):
+    """autoseg-train and autoseg-predict resolve --device the same way; a DDP rank takes its local GPU."""
+    from autoseg.precision import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(AutosegError, match=r"^--device cuda asked for, but no CUDA GPU is visible; use --device cpu"):
+        resolve_device("cuda:1")
+    with pytest.raises(AutosegError, match=r"^--device 'gpu' is not known; use cuda, cuda:N, cpu or auto$"):
+        resolve_device("gpu")
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert resolve_device("auto") == torch.device("cuda", 0) and resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 3)
+    assert current == [torch.device("cuda", i) for i in (0, 1, 3)]
+
+
 def test_bf16_step_follows_the_fp32_step_and_the_log_names_the_precision(prepared, tmp_path):
     runs = {}
     for name in ("fp32", "bf16"):

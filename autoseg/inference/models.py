@@ -21,15 +21,6 @@ from autoseg.recipes import recipe_of_checkpoint
 CHECKPOINTS = ("final", "best", "latest")
 
 
-def pick_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a one-line error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise fail(None, "--device cuda asked for but no CUDA GPU is visible", "use --device cpu or auto")
-    return torch.device(device)
-
-
 def configuration_from_dict(d: dict) -> ConfigurationPlan:
     """ConfigurationPlan from the dict stored in a checkpoint."""
     d = dict(d)

@@ -24,7 +24,7 @@ from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail
 from autoseg.inference.folder import PredictionReport, predict_folder
 from autoseg.inference.inputs import channel_indices, find_input_cases, read_input_case
-from autoseg.inference.models import CHECKPOINTS, configuration_from_dict, load_folds, pick_device
+from autoseg.inference.models import CHECKPOINTS, configuration_from_dict, load_folds
 from autoseg.inference.predictions import (output_label_map, output_paths, save_probabilities,
                                            segmentation_from_probabilities)
 from autoseg.inference.sliding_window import eval_mode, logits_to_probabilities, mirror_combinations, sliding_window_logits
@@ -33,11 +33,11 @@ from autoseg.input_forms import InputCase
 from autoseg.io import Geometry
 from autoseg.paths import DEFAULT_RECIPE, DatasetPaths
 from autoseg.plans import ConfigurationPlan, Plans, default_configuration
-from autoseg.precision import compute_dtype_for
+from autoseg.precision import compute_dtype_for, resolve_device
 from autoseg.preprocessing import preprocess_case, restore_probabilities
 
 __all__ = ["CHECKPOINTS", "InputCase", "PredictionReport", "Predictor", "channel_indices", "configuration_from_dict",
-           "find_input_cases", "output_label_map", "output_paths", "pick_device", "predict_folder", "read_input_case",
+           "find_input_cases", "output_label_map", "output_paths", "predict_folder", "read_input_case",
            "save_probabilities", "segmentation_from_probabilities"]
 
 
@@ -64,7 +64,7 @@ class Predictor:
                          **options) -> Predictor:
         """Load checkpoints written by autoseg-train, checked as :func:`autoseg.inference.models.load_folds`
         says; ``options`` are the fields below ``device`` (mirroring, step, ...)."""
-        dev = pick_device(device)
+        dev = resolve_device(device)
         loaded = load_folds(paths, dev, expected_configuration, dataset, folds, recipe)
         return cls(loaded.config, loaded.info, loaded.networks, dev, compute_dtype=compute_dtype_for(precision, dev),
                    **options)

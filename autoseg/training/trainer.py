@@ -33,7 +33,7 @@ from autoseg.errors import fail, interrupts_deferred
 from autoseg.locks import TRAINING, TRAINING_FIX, write_lock
 from autoseg.paths import DatasetPaths
 from autoseg.plans import ConfigurationPlan, NetworkPlan, Plans
-from autoseg.precision import compute_dtype_for, dtype_name
+from autoseg.precision import compute_dtype_for, dtype_name, resolve_device
 from autoseg.training import distributed as ddp
 from autoseg.training.loggers import open_tracker
 from autoseg.recipes import OptimiserChoice, Recipe, network_plan, recipe_of_checkpoint
@@ -74,21 +74,6 @@ def load_fold_data(paths: DatasetPaths, configuration: str, fold: int | str, dis
         ddp.barrier()  # rank 0 has written splits.json
         splits = load_or_create_splits(paths.splits_json, case_ids)
     return FoldData(plan, info, fold_cases(splits, fold, case_ids, paths.splits_json), config_dir, paths.name)
-
-
-def resolve_device(name: str, dist: ddp.DistInfo) -> torch.device:
-    """``auto`` -> CUDA when available; under DDP on CUDA each rank takes GPU ``LOCAL_RANK``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise fail(None, "--device cuda asked for, but no CUDA GPU is visible", "use --device cpu or auto")
-        device = torch.device("cuda", dist.local_rank if dist.enabled else torch.device(name).index or 0)
-        torch.cuda.set_device(device)
-        return device
-    if name != "cpu":
-        raise fail(None, f"--device {name!r} is not known", "use cuda, cpu or auto")
-    return torch.device("cpu")
 
 
 def batch_makers(fold: FoldData, options: TrainOptions, dist: ddp.DistInfo,
@@ -286,7 +271,7 @@ def train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options
     fold = parse_fold(fold)
     recipe = options.effective_recipe()
     dist = ddp.dist_from_env()
-    device = resolve_device(options.device, dist)
+    device = resolve_device(options.device, dist.local_rank if dist.enabled else None)
     with ddp.process_group(dist, device), write_lock(paths.fold_dir(configuration, fold, recipe.name), TRAINING,
                                                      TRAINING_FIX, enabled=dist.is_main):   # one trainer per fold
         return _train_fold(paths, configuration, fold, options, recipe, dist, device)
