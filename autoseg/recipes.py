@@ -1,4 +1,5 @@
-"""Recipes: how to train, as a named JSON document (``plans/recipes/NAME.json`` or any ``FILE.json``).
+"""Recipes: how to train, as a named JSON document (a shipped ``autoseg/recipe_files/NAME.json`` or any
+``FILE.json``).
 
 The plan says what fits the data and the hardware (patch, batch, topology); a recipe says how to train
 on it: network (an architecture and overrides of the plan's network), loss, optimiser, learning-rate
@@ -27,7 +28,7 @@ from autoseg.errors import fail
 from autoseg.paths import DEFAULT_RECIPE
 from autoseg.plans import NetworkPlan
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "plans" / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipe_files"   # package data: a wheel install ships them too
 LOSSES = ("dice_ce", "dice_bce", "dice_focal")
 DICE_FORMS = ("log", "linear")
 OPTIMISERS = ("sgd", "adamw")
@@ -344,7 +345,7 @@ def parse_recipe(data: Any, where: str | Path, default_name: str | None = None) 
 
 # ---- finding recipes ------------------------------------------------------------------------------------
 def shipped_recipes(folder: Path = RECIPES_DIR) -> list[str]:
-    """Names of the recipes in ``plans/recipes/`` (the default first)."""
+    """Names of the recipes in ``folder`` (the shipped ones by default; the default recipe first)."""
     names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
     return sorted(set(names) | {DEFAULT_RECIPE}, key=lambda n: (n != DEFAULT_RECIPE, n))
 
@@ -369,7 +370,8 @@ def read_recipe_file(path: str | Path) -> Recipe:
 
 
 def load_recipe(spec: str | Path | None, folder: Path = RECIPES_DIR) -> Recipe:
-    """A recipe from a name (``plans/recipes/NAME.json``), a ``FILE.json``, or None (the default recipe)."""
+    """A recipe from a name (``folder/NAME.json``, a shipped one by default), a ``FILE.json``, or None (the default
+    recipe)."""
     if spec is None or str(spec) == DEFAULT_RECIPE and not (folder / f"{DEFAULT_RECIPE}.json").is_file():
         return Recipe()
     text = str(spec)

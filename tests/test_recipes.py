@@ -267,6 +267,47 @@ def test_list_recipes_prints_one_line_each(capsys):
     assert len(lines) == len(list(RECIPES_DIR.glob("*.json"))) and "(default)" in lines[0]
 
 
+def test_every_shipped_recipe_is_package_data():
+    """The recipes are files of the package (importlib.resources finds them where the module is), not of the
+    source tree: an install that is not editable lists and loads every one, not only the built-in default."""
+    from importlib.resources import files
+
+    import autoseg
+    found = sorted(p.name.removesuffix(".json") for p in files("autoseg").joinpath("recipe_files").iterdir()
+                   if p.name.endswith(".json"))
+    assert found == sorted(SHIPPED) and RECIPES_DIR.parent == Path(autoseg.__file__).resolve().parent
+    assert sorted(shipped_recipes()) == sorted(SHIPPED)
+
+
+@pytest.mark.slow
+def test_a_wheel_ships_and_loads_every_recipe(tmp_path):
+    """Build the wheel from a copy of the sources, unpack it away from the source tree and list the recipes
+    with the unpacked package: all five (before, a wheel had only the default, built in)."""
+    import subprocess
+    import zipfile
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    shutil.copytree(root / "autoseg", src / "autoseg", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    build = "import sys; from setuptools import build_meta as b; print(b.build_wheel(sys.argv[1]))"
+    done = subprocess.run([sys.executable, "-c", build, str(tmp_path / "dist")], cwd=src, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    wheel = tmp_path / "dist" / done.stdout.split()[-1]
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = sorted(n for n in zf.namelist() if n.startswith("autoseg/recipe_files/"))
+        zf.extractall(tmp_path / "site")
+    assert shipped == sorted(f"autoseg/recipe_files/{n}.json" for n in SHIPPED)
+    listed = subprocess.run([sys.executable, "-c", "import autoseg.recipes as r; print(r.RECIPES_DIR); "
+                             "print(' '.join(r.load_recipe(n).name for n in r.shipped_recipes()))"],
+                            cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": ""}, capture_output=True,
+                            text=True)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    where, names = listed.stdout.splitlines()
+    assert Path(where).is_relative_to(tmp_path / "site") and sorted(names.split()) == sorted(SHIPPED)
+
+
 def test_the_configuration_and_fold_are_still_required(capsys):
     with pytest.raises(SystemExit) as e:
         train_main(["3d_fullres"])
@@ -457,10 +498,10 @@ def test_a_network_that_does_not_fit_the_gpu_is_refused_naming_the_recipe():
     info = DatasetInfo.from_dict({"channel_names": {str(i): str(i) for i in range(4)}, "labels": {
         "background": 0, "whole tumour": [1, 2, 3], "tumour core": [2, 3], "enhancing tumour": 3},
         "regions_class_order": [1, 2, 3], "numTraining": 1, "file_ending": ".nii.gz"})
-    recipe = replace(load_recipe("nnunet-256"), source="plans/recipes/nnunet-256.json")
+    recipe = replace(load_recipe("nnunet-256"), source="autoseg/recipe_files/nnunet-256.json")
     net = network_plan(plan.network, recipe.network)
     check_fits(recipe, net, plan, info, 2 ** 40, True)
-    with pytest.raises(AutosegError, match=r"^plans/recipes/nnunet-256.json: network unet of recipe nnunet-256 needs "
+    with pytest.raises(AutosegError, match=r"^autoseg/recipe_files/nnunet-256.json: network unet of recipe nnunet-256 needs "
                                            r"about .* GiB for patch 16x16x16, batch 2; this GPU has 0.0 GiB.*--vram"):
         check_fits(recipe, net, plan, info, 2 ** 20, True)
 
