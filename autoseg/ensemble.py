@@ -8,50 +8,21 @@ their inputs are kept, outputs of other inputs (a folder predicted again) are re
 
 from __future__ import annotations
 
-import json
-import zipfile
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from autoseg.dataset import DatasetInfo
 from autoseg.errors import AutosegError, fail
-from autoseg.inference.predictor import PredictionReport, save_probabilities, segmentation_from_probabilities
-from autoseg.io import Geometry, write_image
+from autoseg.inference.folder import PredictionReport
+from autoseg.inference.predictions import (SavedProbabilities, load_probabilities, save_probabilities,
+                                           segmentation_from_probabilities)
+from autoseg.io import write_image
 from autoseg.locks import write_lock
 from autoseg.postprocessing import PostprocessingPlan
 from autoseg.provenance import (case_record, drop_record, make_record, postprocessing_identity, staleness,
                                 write_record)
-
-
-@dataclass(frozen=True)
-class SavedProbabilities:
-    """One ``CASE.npz`` written by autoseg-predict."""
-
-    probabilities: np.ndarray
-    geometry: Geometry
-    info: DatasetInfo
-    convention: str | None
-
-
-def load_probabilities(path: str | Path) -> SavedProbabilities:
-    """Read a probabilities file (no pickle); a corrupt or foreign file is a one-line error."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            probs, meta = z["probabilities"], json.loads(str(z["meta"]))
-        return SavedProbabilities(probs, Geometry.from_dict(meta["geometry"]),
-                                  DatasetInfo.from_dict(meta["dataset"], path), meta.get("convention"))
-    except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile, zlib.error) as e:
-        if "allow_pickle" in str(e):   # numpy refused to unpickle an object array: never loaded
-            raise fail(path, "refused: holds pickled Python objects, not plain arrays (tampered or not from autoseg)",
-                       "rerun autoseg-predict --save-probabilities for this case") from None
-        raise fail(path, f"not a readable probabilities file ({type(e).__name__})",
-                   "rerun autoseg-predict --save-probabilities for this case") from None
 
 
 def ensemble_case(paths: Sequence[Path]) -> SavedProbabilities:

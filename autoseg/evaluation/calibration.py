@@ -148,7 +148,7 @@ def check_inputs(cases: Sequence[EvalCase], calibration: bool, uncertainty: bool
 
 
 def _case_calibration(case: EvalCase, info: DatasetInfo) -> dict[str, Reliability]:
-    from autoseg.ensemble import load_probabilities
+    from autoseg.inference.predictions import load_probabilities
     path = probabilities_path(case)
     saved = load_probabilities(path)
     ref, _ = read_image(case.ref)

@@ -3,18 +3,23 @@
 ``OUT/CASE.nii.gz`` (or the input's own form: PNG/TIFF slices) is the segmentation in the input's grid, label
 values and BraTS convention; ``OUT/CASE.npz`` (``--save-probabilities``) holds float16 probabilities in the
 original grid and, as JSON, what is needed to write a segmentation from them (geometry, dataset.json, convention);
-``OUT/provenance/CASE.json`` says what produced them (:mod:`autoseg.provenance`).
+``OUT/provenance/CASE.json`` says what produced them (:mod:`autoseg.provenance`). autoseg-ensemble and
+autoseg-evaluate --calibration read the probabilities back with :func:`load_probabilities`.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from autoseg.brats import ENHANCING
 from autoseg.dataset import DatasetInfo
+from autoseg.errors import fail
 from autoseg.inference.uncertainty import write_case_uncertainty
 from autoseg.input_forms import InputCase
 from autoseg.io import Geometry, save_npz_atomic, write_image
@@ -52,6 +57,32 @@ def save_probabilities(path: Path, probs: np.ndarray, geometry: Geometry, info: 
     meta = {"geometry": {"size": geometry.size, "spacing": geometry.spacing, "origin": geometry.origin,
                          "direction": geometry.direction}, "dataset": info.to_dict(), "convention": convention}
     save_npz_atomic(path, probabilities=probs.astype(np.float16), meta=np.array(json.dumps(meta)))
+
+
+@dataclass(frozen=True)
+class SavedProbabilities:
+    """One ``CASE.npz`` written by autoseg-predict."""
+
+    probabilities: np.ndarray
+    geometry: Geometry
+    info: DatasetInfo
+    convention: str | None
+
+
+def load_probabilities(path: str | Path) -> SavedProbabilities:
+    """Read a probabilities file (no pickle); a corrupt or foreign file is a one-line error."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            probs, meta = z["probabilities"], json.loads(str(z["meta"]))
+        return SavedProbabilities(probs, Geometry.from_dict(meta["geometry"]),
+                                  DatasetInfo.from_dict(meta["dataset"], path), meta.get("convention"))
+    except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError, zipfile.BadZipFile, zlib.error) as e:
+        if "allow_pickle" in str(e):   # numpy refused to unpickle an object array: never loaded
+            raise fail(path, "refused: holds pickled Python objects, not plain arrays (tampered or not from autoseg)",
+                       "rerun autoseg-predict --save-probabilities for this case") from None
+        raise fail(path, f"not a readable probabilities file ({type(e).__name__})",
+                   "rerun autoseg-predict --save-probabilities for this case") from None
 
 
 def export_case(case: InputCase, probs: np.ndarray, geometry: Geometry, info: DatasetInfo, out_dir: Path,
