@@ -442,6 +442,18 @@ def test_resuming_with_another_recipe_or_a_changed_one_is_one_line_naming_the_ch
     assert _train(home.root, "--recipe", str(other), "--resume") == 2
     err = capsys.readouterr().err.strip()
     assert "was trained with recipe mine, not other; resume with --recipe mine" in err and len(err.splitlines()) == 1
+    # ... and predicted from there: the checkpoint names the recipe it was trained with
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for f in sorted((home.raw / "imagesTr").iterdir())[:4]:
+        shutil.copy(f, inputs / f.name)
+    with pytest.raises(SystemExit) as e:
+        predict_main(["-i", str(inputs), "-o", str(tmp_path / "out"), "--home", str(home.root), "--recipe", "other",
+                      "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert (f"{home.fold_dir('3d_fullres', 0, 'other') / 'checkpoint_final.pt'}: checkpoint was trained with recipe "
+            "mine, but lies in the folder of recipe other; use --recipe mine") in err
     # an override that changes the recipe names its option
     _recipe_file(tmp_path, accumulation=1, epochs=1, iters_per_epoch=1)
     assert _train(home.root, "--recipe", str(recipe), "--epochs", "2", "--resume", "--dice", "linear") == 2
@@ -453,6 +465,7 @@ def test_resuming_with_another_recipe_or_a_changed_one_is_one_line_naming_the_ch
     ({"loss": {"name": "dice_bce", "weights": {"necrosis": 1.0}}}, "loss.weights names 'necrosis'"),
     ({"optimiser": {"name": "rmsprop"}}, 'optimiser.name "rmsprop" is not known'),
     ({"warmup": 1}, "unknown key 'warmup'"),
+    ({"loss": {"name": "dice_fcl"}}, 'loss.name "dice_fcl" is not known; use one of dice_ce, dice_bce'),
 ])
 def test_bad_recipe_input_through_the_command_is_one_line_and_exit_2(prepared, tmp_path, capsys, change, message):
     home = copy_home(prepared, tmp_path / "h")
@@ -464,6 +477,27 @@ def test_bad_recipe_input_through_the_command_is_one_line_and_exit_2(prepared, t
     assert not home.fold_dir("3d_fullres", 0, "mine").exists() or not any(home.fold_dir("3d_fullres", 0, "mine").iterdir())
     assert _train(home.root, "--recipe", "nosuch") == 2
     assert "--recipe nosuch: no such recipe" in capsys.readouterr().err
+
+
+def test_a_recipe_network_too_big_for_the_gpu_is_one_line_through_the_command(prepared, tmp_path, capsys,
+                                                                                monkeypatch):
+    """autoseg-train --recipe nnunet-256 on a (mocked) GPU of 1 MiB: refused before anything runs on it, in one
+    line naming the recipe file and the fix; the plan's own network is not checked (the planner sized it)."""
+    from types import SimpleNamespace
+    home = copy_home(prepared, tmp_path / "h")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=2 ** 20))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train_main(["3d_fullres", "fold0", "--home", str(home.root), "--workers", "0", "--device", "cuda",
+                    "--recipe", "nnunet-256"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"autoseg-train: error: {RECIPES_DIR / 'nnunet-256.json'}: network unet of recipe nnunet-256 "
+                          "needs about") and "autoseg-plan --vram GB" in err
+    assert not home.fold_dir("3d_fullres", 0, "nnunet-256").is_dir() or not any(
+        home.fold_dir("3d_fullres", 0, "nnunet-256").glob("checkpoint_*.pt"))
 
 
 # ---- the comparison benchmark (its arguments and dry mode only: the real run is the lead's) -------------
