@@ -967,6 +967,8 @@ def test_a_case_id_too_long_for_a_temporary_name_is_predicted(work: Path, capsys
     code, lines = run(predict_main, ["-i", inp, "-o", out, "--home", work / "home", *PREDICT_ARGS], capsys)
     assert code == 0 and lines[-1].startswith("2 written, 0 already done, 0 failed"), lines
     assert (out / f"{long_id}.nii.gz").is_file() and not [p for p in out.iterdir() if p.name.startswith(".")]
+    record("case id of 240 characters: its output name fits, a temporary name 25 longer does not", "autoseg-predict",
+           code, lines, "(predicted; no temporary left)", work)
 
 
 @pytest.mark.slow
