@@ -25,7 +25,7 @@ The order of the path: [`autoseg-demo`](#autoseg-demo) ·
 [`autoseg-convert`](#autoseg-convert) · [`autoseg-plan`](#autoseg-plan) ·
 [`autoseg-preprocess`](#autoseg-preprocess) · [`autoseg-train`](#autoseg-train) ·
 [`autoseg-predict`](#autoseg-predict) · [`autoseg-ensemble`](#autoseg-ensemble) ·
-[`autoseg-evaluate`](#autoseg-evaluate) · [`autoseg-export`](#autoseg-export) ·
+[`autoseg-evaluate`](#autoseg-evaluate) · [`autoseg-find-best`](#autoseg-find-best) · [`autoseg-export`](#autoseg-export) ·
 [`autoseg-import`](#autoseg-import). What each stage does and why: [method.md](method.md).
 HEAD
 section() {
@@ -43,7 +43,8 @@ section autoseg-preprocess "Preprocessed cases for training ([preprocessing.md](
 section autoseg-train "One fold, or all cases ([training.md](training.md); several GPUs: [scaling.md](scaling.md))." autoseg-train --help
 section autoseg-predict "Segment new cases ([inference.md](inference.md))." autoseg-predict --help
 section autoseg-ensemble "Average saved probabilities ([inference.md](inference.md))." autoseg-ensemble --help
-section autoseg-evaluate "Metrics, overlays and report ([evaluation.md](evaluation.md))." autoseg-evaluate --help
+section autoseg-evaluate "Metrics, overlays and report; --crossval merges a configuration's folds ([evaluation.md](evaluation.md))." autoseg-evaluate --help
+section autoseg-find-best "The best configuration x recipe or pair on the cross-validation, its postprocessing and the commands to predict with it ([method.md](method.md#5-choose-the-model-autoseg-evaluate---crossval-autoseg-find-best))." autoseg-find-best --help
 section autoseg-export "A trained model as one zip to share, or one fold as ONNX ([sharing.md](sharing.md))." autoseg-export --help
 section autoseg-import "A shared model into a data root ([sharing.md](sharing.md))." autoseg-import --help
 } > $out.tmp

@@ -56,10 +56,12 @@ def _main(argv: Sequence[str] | None) -> int:
     p = parser("autoseg-evaluate", "Score CASE.nii.gz predictions against references (CASE.nii.gz or BraTS case "
                "folders): per-case metrics.csv and summary.json (mean, median, std).")
     p.add_argument("-p", "--pred", default=None,
-                   help="folder of predicted CASE.nii.gz (or the dataset's file ending, .nii, .mha, .mhd, .nrrd), "
+                   help="(required unless --crossval) folder of predicted CASE.nii.gz (or the dataset's file ending, "
+                        ".nii, .mha, .mhd, .nrrd), "
                         "or of PNG/TIFF masks as autoseg-predict writes them for PNG/TIFF input")
     p.add_argument("-r", "--ref", default=None,
-                   help="folder of reference CASE.nii.gz (same endings), BraTS case folders, or PNG/TIFF masks "
+                   help="(required unless --crossval) folder of reference CASE.nii.gz (same endings), BraTS case "
+                        "folders, or PNG/TIFF masks "
                         "(PATIENT/001.png ... or CASE.png; grey values as dataset.json's autoseg_mask_values)")
     add_dataset(p)
     p.add_argument("--dataset-json", default=None, help="dataset.json declaring labels/regions (instead of -d)")
