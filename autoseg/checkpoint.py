@@ -34,9 +34,10 @@ def plan_hash(configuration: dict[str, Any]) -> str:
     if isinstance(network, dict) and network.get("region_head") == LEGACY_REGION_HEAD:
         # a legacy plan read with its default filled in hashes as it did when saved without the field
         selected["network"] = {k: v for k, v in network.items() if k != "region_head"}
-    if isinstance(selected["network"], dict) and selected["network"].get("context_slices") == 0:
-        # no 2.5D context hashes as it did before the field existed
-        selected["network"] = {k: v for k, v in selected["network"].items() if k != "context_slices"}
+    if isinstance(selected["network"], dict):
+        # no 2.5D context and no cascade prior hash as they did before the fields existed
+        selected["network"] = {k: v for k, v in selected["network"].items()
+                               if not (k in ("context_slices", "prior_channels") and v == 0)}
     blob = json.dumps(selected, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -30,6 +30,8 @@ class NetworkPlan:
     region as nnU-Net; plans written before the field existed are ``"sigmoid"``. ``context_slices`` K (2d
     only, ``autoseg-plan --context-slices``): the K slices on each side of the segmented one are extra input
     channels, (2K + 1) per image channel (2.5D, :mod:`autoseg.context`); plans.json omits it when 0.
+    ``prior_channels`` (cascade only): one-hot channels of the previous stage's segmentation appended after the
+    image channels (:mod:`autoseg.cascade`); plans.json omits it when 0.
     """
 
     arch: str
@@ -40,6 +42,7 @@ class NetworkPlan:
     n_conv_decoder: list[int]
     region_head: str = "softmax"
     context_slices: int = 0
+    prior_channels: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NetworkPlan:
@@ -71,7 +74,11 @@ class ChannelNormalization:
 
 @dataclass(frozen=True)
 class ConfigurationPlan:
-    """One configuration (``2d``, ``3d_fullres``, ``3d_lowres``)."""
+    """One configuration (``2d``, ``3d_fullres``, ``3d_lowres``, ``3d_cascade_fullres``).
+
+    A cascade stage names its ``previous_stage`` (``3d_lowres``), whose segmentation it receives as extra input
+    channels, and ``data_of``, the configuration whose preprocessed cases it reads (``3d_fullres``: the same
+    spacing, so no second copy); plans.json omits both when unset."""
 
     name: str
     spacing: list[float]
@@ -84,6 +91,8 @@ class ConfigurationPlan:
     batch_dice: bool = False
     mirror_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
     oversample_foreground: float = 0.33
+    previous_stage: str | None = None
+    data_of: str | None = None
 
     @property
     def is_2d(self) -> bool:
@@ -118,9 +127,13 @@ class Plans:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for c in d["configurations"].values():   # a plan without 2.5D reads as before the field existed
-            if c["network"].get("context_slices") == 0:
-                del c["network"]["context_slices"]
+        for c in d["configurations"].values():   # a plan without 2.5D or cascade reads as before the fields existed
+            for key in ("context_slices", "prior_channels"):
+                if c["network"].get(key) == 0:
+                    del c["network"][key]
+            for key in ("previous_stage", "data_of"):
+                if c.get(key) is None:
+                    c.pop(key, None)
         return d
 
     @classmethod

@@ -23,7 +23,7 @@ ORDER = [
     # raw data in, checked
     "raw_writer", "convert", "dicom", "slices", "verify",
     # the plan contract, read by every stage after planning, and the checkpoint that carries it
-    "plans", "context", "checkpoint", "recipes",
+    "plans", "context", "cascade", "checkpoint", "recipes",
     # the network registry: the planner sizes patch and batch with a network's memory estimate
     "network",
     # the stages, in the order the user's path runs them

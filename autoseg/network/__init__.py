@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from autoseg.context import input_channels
+from autoseg.cascade import network_in_channels
 from autoseg.errors import fail
 from autoseg.network.regions import RegionLogits, region_patterns
 from autoseg.network.registry import (ENTRY_POINT_GROUP, NetworkSpec, adapt_network_plan, build_network,
@@ -33,15 +33,15 @@ def _membership(plan: NetworkPlan, info: DatasetInfo) -> torch.Tensor | None:
 
 def network_for_dataset(plan: NetworkPlan, info: DatasetInfo, deep_supervision: bool = True) -> nn.Module:
     """The network of ``plan`` (any registered arch) for a dataset: ``info.num_outputs`` outputs, with the
-    plan's region head."""
-    return build_network(plan, input_channels(info.num_channels, plan.context_slices), info.num_outputs,
+    plan's region head; its inputs are the image channels, with 2.5D neighbours and a cascade's prior."""
+    return build_network(plan, network_in_channels(info.num_channels, plan), info.num_outputs,
                          deep_supervision, _membership(plan, info))
 
 
 def output_layers_for_dataset(plan: NetworkPlan, info: DatasetInfo) -> frozenset[str]:
     """The state_dict keys of :func:`network_for_dataset`'s network that depend on the dataset's outputs."""
     membership = _membership(plan, info)
-    return output_layers(plan, input_channels(info.num_channels, plan.context_slices),
+    return output_layers(plan, network_in_channels(info.num_channels, plan),
                          info.num_outputs if membership is None else membership.shape[1])
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from autoseg.cascade import CASCADE, DATA_OF, PREVIOUS_STAGE, prior_labels
 from autoseg.context import input_channels
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail
@@ -419,9 +420,33 @@ def plan_dataset(fingerprint: Fingerprint, info: DatasetInfo, vram_gb: float, vr
         lspacing, lmedian, lfit = lowres
         configs["3d_lowres"] = _configuration("3d_lowres", lspacing, lmedian, lfit, norm, batch_dice=False)
         explanation += ["3d_lowres: " + s for s in lfit.sentences]
+        configs[CASCADE] = cascade_configuration(configs["3d_fullres"], info)
+        explanation.append(cascade_sentence(configs[CASCADE], info))
     return Plans(dataset_name=fingerprint.dataset_name, vram_gb=float(vram_gb), vram_source=vram_source,
                  orientation=CANONICAL_ORIENTATION, num_channels=cin, num_outputs=cout,
                  region_based=info.region_based, configurations=configs, explanation=explanation)
+
+
+def cascade_configuration(fullres: ConfigurationPlan, info: DatasetInfo) -> ConfigurationPlan:
+    """``3d_cascade_fullres``: 3d_fullres's spacing, patch, batch and network, reading 3d_fullres's preprocessed
+    cases, with the one-hot of 3d_lowres's segmentation as extra input channels (:mod:`autoseg.cascade`). The
+    memory estimate counts those channels; they change only the first convolution, so the patch is kept."""
+    extra = len(prior_labels(info))
+    network = replace(fullres.network, prior_channels=extra)
+    memory = estimate_memory(network, fullres.patch_size, fullres.batch_size, info.num_channels + extra,
+                             info.num_outputs, MIXED_PRECISION).total
+    return replace(fullres, name=CASCADE, network=network, memory_estimate_gb=round(memory / GIB, 3),
+                   previous_stage=PREVIOUS_STAGE, data_of=DATA_OF)
+
+
+def cascade_sentence(cascade: ConfigurationPlan, info: DatasetInfo) -> str:
+    """The explanation of the cascade configuration, in words."""
+    labels = ", ".join(map(str, prior_labels(info)))
+    return (f"{CASCADE}: 3d_fullres's spacing, patch {fmt(cascade.patch_size)}, batch {cascade.batch_size} and "
+            f"network on 3d_fullres's preprocessed cases, plus {cascade.network.prior_channels} input channel(s), the "
+            f"one-hot of {PREVIOUS_STAGE}'s segmentation (label values {labels}); each training case gets the "
+            f"prediction of the {PREVIOUS_STAGE} fold that held it out (estimated memory "
+            f"{cascade.memory_estimate_gb:.2f} GiB).")
 
 
 def _plan_lowres(spacings: np.ndarray, shapes: np.ndarray, spacing: list[float], median: list[int], coverage: float,
