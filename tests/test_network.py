@@ -133,7 +133,10 @@ def test_network_for_dataset_follows_the_plans_region_head() -> None:
     sigmoid = network_for_dataset(NetworkPlan(**{**p.__dict__, "region_head": "sigmoid"}), info)
     assert softmax.heads[0].out_channels == 4 and sigmoid.heads[0].out_channels == 3
     x = torch.randn(1, 1, 8, 8, 8)
-    assert [o.shape[1] for o in softmax(x)] == [3] and [o.shape[1] for o in sigmoid(x)] == [3]
+    assert [o.shape[1] for o in sigmoid(x)] == [3]
+    assert [o.shape[1] for o in softmax(x)] == [3 + 4]      # training: the regions, then the patterns' logits
+    softmax.eval()
+    assert [o.shape[1] for o in softmax(x)] == [3]          # validation and inference: the regions
     assert set(softmax.state_dict()) == set(sigmoid.state_dict())  # the read-out adds no weights
     with pytest.raises(AutosegError, match="region_head"):
         network_for_dataset(NetworkPlan(**{**p.__dict__, "region_head": "argmax"}), info)

@@ -79,6 +79,36 @@ def test_log_dice_keeps_a_dead_heads_gradient_and_leaves_absent_regions_linear()
         DiceBCELoss(False, dice="square")
 
 
+def test_the_patterns_cross_entropy_revives_a_dead_pattern_that_no_region_owns():
+    from autoseg.network.regions import RegionLogits, region_patterns
+    from autoseg.training.losses import pattern_lookup
+    patterns = region_patterns([(1, 2, 4), (1, 4), (4,)], [0, 1, 2, 4])   # background, necrosis, oedema, enhancing
+    assert pattern_lookup(patterns)[[0, 3, 1, 7]].tolist() == [0, 1, 2, 3]  # codes WT+2TC+4ET -> pattern
+    assert pattern_lookup(patterns)[5].item() == -100                      # WT and ET without TC: no label has it
+    label = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    label[0, 2:6, 2:6, 2:6] = 4
+    label[0, 3:5, 3:5, 3:5] = 1                                            # necrosis inside the enhancing rim
+    target = torch.stack([torch.isin(label, torch.tensor(r)) for r in ([1, 2, 4], [1, 4], [4])], 1).float()
+    z = torch.full((1, 4, 8, 8, 8), -4.0)
+    z[:, 0] = 4.0                                                          # background outside
+    z[:, 3][label > 0] = 8.0                                               # the tumour all called enhancing ...
+    z[:, 1] = -8.0                                                         # ... necrosis dead everywhere
+    z.requires_grad_(True)
+    regions = RegionLogits(patterns)(z)
+    nec = (label == 1)
+    pull = {}
+    for with_patterns in (False, True):
+        z.grad = None
+        loss = DiceBCELoss(False, dice="log", patterns=patterns)
+        out = torch.cat([regions, z], 1) if with_patterns else regions
+        loss(out, target).backward(retain_graph=True)
+        pull[with_patterns] = -float(z.grad[:, 1][nec].sum())
+    share = float(nec.sum()) / nec.numel()       # the cross-entropy pulls (1 - p) ~ 1 per necrosis voxel, mean over voxels
+    assert pull[False] < 1e-3 * share            # the regions alone: necrosis gets almost no gradient
+    assert pull[True] > 0.9 * share
+    assert DiceBCELoss(False, patterns=patterns)(regions, target) == DiceBCELoss(False)(regions, target)   # eval: regions
+
+
 def test_downsampled_region_targets_keep_a_single_voxel_region():
     t = torch.zeros(1, 1, 8, 8, 8, dtype=torch.uint8)
     t[0, 0, 5, 5, 5] = 1

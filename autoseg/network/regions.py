@@ -14,6 +14,13 @@ voxel never asks the oedema voxels to lower the whole tumour. The module emits
 ``log p(R) - log(1 - p(R))`` per region, exactly the logit whose sigmoid is that probability, so the
 loss (Dice + BCE on sigmoid outputs), sliding-window inference, ensembling and label painting are
 the same for both heads.
+
+A region loss alone leaves a pattern that is no region's own, such as necrosis (core but not enhancing),
+without a pull once it is unlikely: a region's logit reaches each pattern inside it in proportion to that
+pattern's share, so a near-zero pattern gets near-zero gradient and stays dead (measured: necrosis was
+never predicted, docs/accuracy.md). In training mode the network therefore also returns the pattern logits,
+after the region logits in the channel dimension, and the loss adds the patterns' cross-entropy
+(:class:`autoseg.training.losses.DiceBCELoss`); in eval mode (validation, inference) it returns the regions only.
 """
 
 from __future__ import annotations
@@ -64,9 +71,14 @@ class RegionLogits(nn.Module):
 
 def _region_outputs(module: nn.Module, args: object, outputs: torch.Tensor | list[torch.Tensor]) -> object:
     to_regions = module.to_regions
+
+    def convert(z: torch.Tensor) -> torch.Tensor:
+        regions = to_regions(z)
+        return torch.cat([regions, z.float()], 1) if module.training else regions
+
     if isinstance(outputs, (list, tuple)):
-        return [to_regions(o) for o in outputs]
-    return to_regions(outputs)
+        return [convert(o) for o in outputs]
+    return convert(outputs)
 
 
 def attach_region_logits(net: nn.Module, membership: torch.Tensor) -> nn.Module:

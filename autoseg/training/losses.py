@@ -97,23 +97,60 @@ def _check_form(dice: str) -> str:
     return dice
 
 
+def pattern_lookup(patterns: torch.Tensor) -> torch.Tensor:
+    """(2**R,) long: a voxel's region code ``sum_r target_r * 2**r`` -> the index of its label pattern
+    (``patterns``: (R, K) bool, :func:`autoseg.network.regions.region_patterns`); -100 (ignored) for a code no
+    label has, which a max-pooled coarse target of non-nested regions may hold."""
+    n_regions = patterns.shape[0]
+    lut = torch.full((2 ** n_regions,), -100, dtype=torch.long)
+    powers = 2 ** torch.arange(n_regions)
+    for k in range(patterns.shape[1]):
+        lut[int((patterns[:, k].long() * powers).sum())] = k
+    return lut
+
+
 class DiceBCELoss(nn.Module):
     """Regions: BCE (or focal, ``gamma``) with logits + soft Dice on sigmoid outputs, 1:1.
-    Target (b, R, *spatial) in {0, 1}; ``weights`` one per region."""
+    Target (b, R, *spatial) in {0, 1}; ``weights`` one per region.
+
+    With ``patterns`` (the nested softmax head's regions x label patterns) logits that carry the K pattern logits
+    after the R region logits (the head in training mode) add the patterns' cross-entropy and soft Dice, so a
+    pattern that is no region's own (necrosis: core, not enhancing) keeps a pull of order one
+    (:mod:`autoseg.network.regions`)."""
 
     def __init__(self, batch_dice: bool, dice: str = "linear", weights: Sequence[float] | None = None,
-                 gamma: float | None = None) -> None:
+                 gamma: float | None = None, patterns: torch.Tensor | None = None) -> None:
         super().__init__()
         self.batch_dice = batch_dice
         self.dice = _check_form(dice)
         self.gamma = gamma
         self.register_buffer("weights", None if weights is None else torch.tensor(weights, dtype=torch.float32),
                              persistent=False)
+        self.n_patterns = 0 if patterns is None else patterns.shape[1]
+        self.register_buffer("lookup", None if patterns is None else pattern_lookup(patterns), persistent=False)
+        self.register_buffer("powers", None if patterns is None else 2 ** torch.arange(patterns.shape[0]),
+                             persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.float()  # no copies when already float32
+        n_regions = target.shape[1]
+        pattern_term = logits.new_zeros(())
+        if self.n_patterns and logits.shape[1] == n_regions + self.n_patterns:
+            pattern_term = self._patterns_loss(logits[:, n_regions:], target)
+            logits = logits[:, :n_regions]
         dice = soft_dice_loss(torch.sigmoid(logits), target, self.batch_dice, form=self.dice, weights=self.weights)
-        return binary_cross_entropy(logits, target, self.weights, self.gamma) + dice
+        return binary_cross_entropy(logits, target, self.weights, self.gamma) + dice + pattern_term
+
+    def _patterns_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy + soft Dice of the label patterns (background's Dice left out), as nnU-Net trains labels;
+        voxels whose region code no label has are left out of both."""
+        codes = (target.long() * _channel_view(self.powers, target.ndim)).sum(1)
+        index = self.lookup[codes]
+        valid = (index >= 0).unsqueeze(1).float()
+        probs = torch.softmax(logits, 1)
+        onehot = F.one_hot(index.clamp(min=0), logits.shape[1]).movedim(-1, 1).float()
+        dice = soft_dice_loss(probs[:, 1:] * valid, onehot[:, 1:] * valid, self.batch_dice, form=self.dice)
+        return F.cross_entropy(logits, index, ignore_index=-100) + dice
 
 
 class DiceCELoss(nn.Module):
@@ -140,15 +177,19 @@ class DiceCELoss(nn.Module):
 
 
 def segmentation_loss(region_based: bool, batch_dice: bool, dice: str = "log", weights: Sequence[float] | None = None,
-                      gamma: float | None = None) -> nn.Module:
+                      gamma: float | None = None, patterns: torch.Tensor | None = None) -> nn.Module:
     """The loss of a dataset: Dice + BCE on regions, Dice + CE on labels; ``dice`` "log" or "linear" (nnU-Net);
-    ``gamma`` turns the cross-entropy into the focal loss; ``weights`` one per region or foreground class."""
-    cls = DiceBCELoss if region_based else DiceCELoss
-    return cls(batch_dice, dice, weights, gamma)
+    ``gamma`` turns the cross-entropy into the focal loss; ``weights`` one per region or foreground class;
+    ``patterns``: the nested softmax head's (regions, patterns) membership, for its patterns' cross-entropy."""
+    if region_based:
+        return DiceBCELoss(batch_dice, dice, weights, gamma, patterns)
+    return DiceCELoss(batch_dice, dice, weights, gamma)
 
 
-def recipe_loss(choice: LossChoice, info: DatasetInfo, batch_dice: bool, where: str | None = "the recipe") -> nn.Module:
-    """The loss a recipe names, for a dataset: region or class names in ``choice.weights`` must be the dataset's."""
+def recipe_loss(choice: LossChoice, info: DatasetInfo, batch_dice: bool, where: str | None = "the recipe",
+                patterns: torch.Tensor | None = None) -> nn.Module:
+    """The loss a recipe names, for a dataset: region or class names in ``choice.weights`` must be the dataset's;
+    ``patterns`` as :func:`segmentation_loss` takes them."""
     if choice.name == "dice_bce" and not info.region_based:
         raise fail(where, "loss dice_bce needs a region-based dataset, and this one has labels",
                    'use "name": "dice_ce" (softmax cross-entropy) or "dice_focal"')
@@ -161,7 +202,7 @@ def recipe_loss(choice: LossChoice, info: DatasetInfo, batch_dice: bool, where: 
     if weights is not None and not any(weights):
         raise fail(where, "loss.weights are all 0", "give at least one region or class a weight above 0")
     gamma = choice.focal_gamma if choice.name == "dice_focal" else None
-    return segmentation_loss(info.region_based, batch_dice, choice.dice, weights, gamma)
+    return segmentation_loss(info.region_based, batch_dice, choice.dice, weights, gamma, patterns)
 
 
 def deep_supervision_weights(n_outputs: int, mode: str | Sequence[float] = "halving") -> list[float]:

@@ -31,6 +31,7 @@ from autoseg.data.splits import Split, fold_cases, load_or_create_splits, parse_
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail, interrupts_deferred
 from autoseg.locks import TRAINING, TRAINING_FIX, write_lock
+from autoseg.network.regions import region_patterns
 from autoseg.paths import DatasetPaths
 from autoseg.plans import ConfigurationPlan, NetworkPlan, Plans
 from autoseg.precision import compute_dtype_for, dtype_name, resolve_device
@@ -326,7 +327,9 @@ def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, option
     dtype = compute_dtype_for(options.precision, device)
     net_plan = recipe_network(recipe, data.plan.network)
     _check_fits_gpu(recipe, net_plan, data, device, dtype)
-    loss = recipe_loss(recipe.loss, data.info, data.plan.batch_dice, recipe.source or None)
+    patterns = region_patterns(data.info.regions, data.info.label_values) \
+        if data.info.region_based and net_plan.region_head == "softmax" else None   # the nested head's patterns
+    loss = recipe_loss(recipe.loss, data.info, data.plan.batch_dice, recipe.source or None, patterns)
     network = _init_network(data, net_plan, options, device)
     optimizer = build_optimizer(network, recipe.optimiser)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
