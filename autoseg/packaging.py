@@ -641,6 +641,12 @@ def predictor_from_model(source: str | Path, configuration: str | None = None, r
         with _errors_name(model):
             predictor = Predictor.from_checkpoints(paths, expected_configuration=model.expected_configuration(trained),
                                                    dataset=model.manifest.dataset, folds=fold_names, **options)
+        stage = predictor.config.previous_stage
+        if stage is not None:   # (docs/cascade.md)
+            raise fail(source, f"{predictor.config.name} predicts from the segmentation of {stage}, which a model "
+                       "does not carry", f"predict in the data root that trained both: autoseg-predict -d DATASET -c "
+                       f"{predictor.config.name}")
+        with _errors_name(model):
             return predictor, model.postprocessing()
 
 

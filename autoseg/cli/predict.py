@@ -9,7 +9,8 @@ import torch
 
 from autoseg.cli._common import THREADS, add_dataset, dataset_paths, fold_arg, number, parser, shard_arg
 from autoseg.errors import run_cli
-from autoseg.inference.predictor import CHECKPOINTS, PredictionReport, Predictor, channel_indices, predict_folder
+from autoseg.inference.cascade import predictor_for
+from autoseg.inference.predictor import CHECKPOINTS, PredictionReport, channel_indices, predict_folder
 from autoseg.postprocessing import PostprocessingPlan
 from autoseg.precision import PRECISIONS
 from autoseg.provenance import stale_summary
@@ -87,8 +88,8 @@ def _main(argv: Sequence[str] | None) -> int:
             print("autoseg-predict: applying the model's postprocessing.json (--no-postprocess to skip)",
                   file=sys.stderr)
     else:
-        predictor = Predictor.from_results(dataset_paths(args), args.configuration, args.folds,
-                                           args.checkpoint or "final", recipe_name(args.recipe), **run)
+        predictor = predictor_for(dataset_paths(args), args.configuration, args.folds, args.checkpoint or "final",
+                                  recipe_name(args.recipe), **run)   # a cascade: its previous stage's folds too
     if args.uncertainty and predictor.num_members == 1:
         print("autoseg-predict: one ensemble member (one fold, --no-tta): the variance maps will be 0", file=sys.stderr)
     predictor.missing_channels = channel_indices(args.missing, predictor.info)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,7 @@ from autoseg.input_forms import InputCase, form_input_cases
 from autoseg.locks import lock_name, write_lock
 from autoseg.parallel import shard as shard_items
 from autoseg.postprocessing import PostprocessingPlan
-from autoseg.provenance import case_record, make_record, model_identity, postprocessing_identity, staleness
+from autoseg.provenance import case_record, make_record, postprocessing_identity, staleness
 
 if TYPE_CHECKING:   # predictor.py re-exports this module's names: importing it here would be a cycle
     from autoseg.inference.predictor import Predictor
@@ -76,7 +76,7 @@ def predict_folder(predictor: Predictor, input_dir: str | Path, output_dir: str 
                    "choose a writable folder with -o") from None
     with write_lock(out_dir, "prediction", "write to another folder with -o", lock_name(shard)):
         todo = []
-        model = model_identity(predictor.networks, asdict(predictor.config), predictor.info.to_dict())
+        model = predictor.identity()
         for case in tqdm(cases, desc="check", unit="case", delay=2, disable=not progress):   # (inputs are hashed)
             record = _record(predictor, model, case, postprocessing)
             if _is_done(case, out_dir, save_probs) and (

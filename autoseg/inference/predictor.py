@@ -35,6 +35,7 @@ from autoseg.paths import DEFAULT_RECIPE, DatasetPaths
 from autoseg.plans import ConfigurationPlan, Plans, default_configuration
 from autoseg.precision import compute_dtype_for, resolve_device
 from autoseg.preprocessing import preprocess_case, restore_probabilities
+from autoseg.provenance import model_identity
 
 __all__ = ["CHECKPOINTS", "InputCase", "PredictionReport", "Predictor", "channel_indices", "configuration_from_dict",
            "find_input_cases", "output_label_map", "output_paths", "predict_folder", "read_input_case",
@@ -108,6 +109,10 @@ class Predictor:
     def num_members(self) -> int:
         """Ensemble members: fold networks x mirrorings."""
         return len(self.networks) * len(mirror_combinations(self.mirror_axes))
+
+    def identity(self) -> dict[str, Any]:
+        """What its predictions depend on, for their provenance records: the fold weights, plan and dataset."""
+        return model_identity(self.networks, asdict(self.config), self.info.to_dict())
 
     def logits(self, data: torch.Tensor, progress: bool = False, members: RunningVariance | None = None
                ) -> torch.Tensor:
