@@ -20,7 +20,9 @@ _DEFAULTS = TrainOptions()
 def _main(argv: Sequence[str] | None) -> int:
     p = parser("autoseg-train", "Train one cross-validation fold (fold0..fold4) or all cases (all). "
                                 "Under torchrun --nproc_per_node N the same command trains with N processes (DDP).")
-    p.add_argument("configuration", nargs="?", help="configuration of the plan: 3d_fullres, 2d or 3d_lowres")
+    p.add_argument("configuration", nargs="?",
+                   help="configuration of the plan: 3d_fullres, 2d, 3d_lowres or 3d_cascade_fullres (after all five "
+                        "3d_lowres folds)")
     p.add_argument("fold", nargs="?", help="fold0..fold4, 0..4, or all")
     add_dataset(p)
     p.add_argument("--recipe", default=None, metavar="NAME|FILE.json",

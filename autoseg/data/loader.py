@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from autoseg.cascade import one_hot, perturb_prior
 from autoseg.data.augmentation import AugmentationParams, CropFn, no_augmentation, training_transforms
 from autoseg.data.sampling import crop_padded, is_forced_foreground, patch_location
 from autoseg.dataset import DatasetInfo
@@ -54,6 +55,7 @@ class Batch:
 
 _STREAM_IDS = {"train": 0, "val": 1}
 _FOREGROUND_TAG = 7   # seeds the per-sample foreground draw apart from the sample's other draws
+_PRIOR_TAG = 11       # seeds the perturbation of a cascade's prior apart from the augmentation's draws
 
 
 @dataclass
@@ -76,6 +78,7 @@ class BatchMaker:
     seed: int
     foreground_mode: str = "batch"  # autoseg.data.sampling.is_forced_foreground
     defer_augmentation: bool = False  # ship initial patches, label maps and seeds (augmented on the device)
+    prior_labels: tuple[int, ...] = ()  # cascade: the case's ``prior`` label map joins as these one-hot channels
 
     def __post_init__(self) -> None:
         self._cache: dict[str, Any] = {}
@@ -101,12 +104,18 @@ class BatchMaker:
         forced = self.forced_foreground(key, index)
         z, lower = patch_location(case.seg.shape, case.fg_locations, self.initial_patch_size, forced, rng)
         source_data, source_seg = (case.data, case.seg) if z is None else (case.data[:, z], case.seg[z])
+        # a cascade's prior label map travels as a second label channel: cut, rotated (nearest) and mirrored with
+        # the label, never intensity-augmented
+        source_prior = None if not self.prior_labels else case.prior if z is None else case.prior[z]
         masked = bool(self.aug.masked_channels)
 
         def crop(offset: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             """The part of the initial patch the augmentation reads, straight from the (memory-mapped) case."""
             data = crop_padded(source_data, lower + offset, size, 0.0).astype(np.float32, copy=False)
-            seg = crop_padded(source_seg[None], lower + offset, size, -1).astype(np.int8, copy=False)
+            seg = crop_padded(source_seg[None], lower + offset, size, -1)
+            if source_prior is not None:
+                seg = np.concatenate([seg, crop_padded(source_prior[None], lower + offset, size, -1)])
+            seg = seg.astype(np.int8, copy=False)
             if masked:  # outside the nonzero (brain) mask -> -1, zeroed again after augmentation
                 seg[(seg == 0) & (data == 0).all(0, keepdims=True)] = -1
             return data, seg
@@ -120,6 +129,11 @@ class BatchMaker:
             self._pipeline = training_transforms(self.aug) if self.augment else no_augmentation(self.aug)
         data, seg = self._pipeline(crop, self.initial_patch_size, seed)
         target = self.info.targets_from_label(seg[0])
+        if self.prior_labels:   # cascade: the prior's one-hot after the image channels, perturbed for training
+            prior = one_hot(seg[1], self.prior_labels)
+            if self.augment:
+                prior = perturb_prior(prior, np.random.default_rng([seed, _PRIOR_TAG]))
+            data = np.concatenate([data, prior])
         return data, (target if self.info.region_based else target[None])
 
     def initial_sample(self, key: BatchKey, index: int) -> tuple[np.ndarray, np.ndarray, int]:

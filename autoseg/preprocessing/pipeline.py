@@ -138,7 +138,8 @@ def prepare_output(out_dir: Path) -> None:
 
 def preprocess_dataset(paths: DatasetPaths, configuration: str = "3d_fullres", workers: int = 2,
                        shard: tuple[int, int] = (0, 1)) -> list[str]:
-    """Preprocess this shard's training cases into ``preprocessed/<dataset>/<configuration>/``.
+    """Preprocess this shard's training cases into ``preprocessed/<dataset>/<configuration>/`` (for a configuration
+    with ``data_of``, the cascade, that configuration's folder).
 
     Complete cases written with the same plan are skipped; returns the ids processed now. A case
     with bad input, or too large for memory, does not stop the others: all such problems are raised
@@ -146,6 +147,8 @@ def preprocess_dataset(paths: DatasetPaths, configuration: str = "3d_fullres", w
     """
     plans = Plans.load(paths.plans_json)
     config = plans.configuration(configuration, paths.plans_json)
+    if config.data_of is not None:   # a cascade reads another configuration's cases (3d_fullres): no second copy
+        return preprocess_dataset(paths, config.data_of, workers, shard)
     info, cases = load_dataset(paths.raw)
     out_dir = paths.config_dir(configuration)
     prepare_output(out_dir)

@@ -32,13 +32,15 @@ MAX_FG_LOCATIONS = 10_000
 
 @dataclass(frozen=True)
 class PreprocessedCase:
-    """A preprocessed case as training reads it; ``data`` and ``seg`` are memory-mapped when asked."""
+    """A preprocessed case as training reads it; ``data`` and ``seg`` are memory-mapped when asked. ``prior``: for
+    a cascade, the previous stage's label map (z, y, x) in this grid (:mod:`autoseg.training.cascade`)."""
 
     case_id: str
     data: np.ndarray
     seg: np.ndarray | None
     props: CaseProperties
     fg_locations: dict[str, np.ndarray]
+    prior: np.ndarray | None = None
 
 
 def case_files(config_dir: Path, case_id: str) -> dict[str, Path]:

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from autoseg.checkpoint import load_checkpoint, save_checkpoint
+from autoseg.cascade import prior_labels
 from autoseg.context import ContextSlices, expand_channels
 from autoseg.data.augmentation import AugmentationParams, initial_patch_size
 from autoseg.data.device_augmentation import training_stream
@@ -49,13 +50,15 @@ from autoseg.training.validation import validate_cases, validate_raw
 @dataclass(frozen=True)
 class FoldData:
     """Everything one fold trains from: the plan, the dataset's labels, the case split and the cases' folder,
-    and the dataset's folder name (``DatasetNNN_Name``), stored in checkpoints."""
+    and the dataset's folder name (``DatasetNNN_Name``), stored in checkpoints; for a cascade, the folder of its
+    previous stage's held-out segmentations (:mod:`autoseg.training.cascade`)."""
 
     plan: ConfigurationPlan
     info: DatasetInfo
     split: Split
     config_dir: Path
     dataset: str
+    prior_dir: Path | None = None
 
 
 def load_fold_data(paths: DatasetPaths, configuration: str, fold: int | str, dist: ddp.DistInfo | None = None) -> FoldData:
@@ -64,7 +67,7 @@ def load_fold_data(paths: DatasetPaths, configuration: str, fold: int | str, dis
     plan = Plans.load(paths.plans_json).configuration(configuration, paths.plans_json)
     dataset_json = paths.dataset_json if paths.dataset_json.is_file() else paths.preprocessed / "dataset.json"
     info = DatasetInfo.load(dataset_json)
-    config_dir = paths.config_dir(configuration)
+    config_dir = paths.config_dir(plan.data_of or configuration)   # a cascade reads 3d_fullres's cases
     case_ids = list_preprocessed_cases(config_dir)
     if not case_ids:
         raise fail(config_dir, "no preprocessed cases", f"run autoseg-preprocess -c {configuration} first")
@@ -89,20 +92,25 @@ def batch_makers(fold: FoldData, options: TrainOptions, dist: ddp.DistInfo,
     fg = recipe.foreground
     oversample = plan.oversample_foreground if fg.share is None else fg.share
     share = ddp.rank_share(plan.batch_size, dist)
-    load = functools.partial(_load_case, fold.config_dir, context=plan.network.context_slices)
+    load = functools.partial(_load_case, fold.config_dir, context=plan.network.context_slices, prior_dir=fold.prior_dir)
+    priors = prior_labels(fold.info) if fold.prior_dir is not None else ()
 
     def maker(cases: list[str], augment: bool) -> BatchMaker:
         initial = initial_patch_size(patch) if augment else patch
         return BatchMaker(load, cases, fold.info, initial, aug, plan.batch_size, share, oversample, augment, options.seed,
-                          fg.mode)
+                          fg.mode, prior_labels=priors)
 
     return {"train": maker(fold.split.train, options.augment), "val": maker(fold.split.val, False)}
 
 
-def _load_case(config_dir: Path, case_id: str, context: int = 0):
-    """A preprocessed case, memory-mapped; with 2.5D ``context`` its ``data[:, z]`` is slice z with its neighbours."""
+def _load_case(config_dir: Path, case_id: str, context: int = 0, prior_dir: Path | None = None):
+    """A preprocessed case, memory-mapped; with 2.5D ``context`` its ``data[:, z]`` is slice z with its neighbours;
+    with ``prior_dir`` (a cascade) its ``prior`` is the previous stage's held-out segmentation."""
     from autoseg.preprocessing import load_case
+    from autoseg.training.cascade import prior_path
     case = load_case(config_dir, case_id, mmap=True)
+    if prior_dir is not None:
+        case = replace(case, prior=np.load(prior_path(prior_dir, case_id), mmap_mode="r"))
     return replace(case, data=ContextSlices(case.data, context)) if context else case
 
 
@@ -296,11 +304,11 @@ def check_fits(recipe: Recipe, net_plan: NetworkPlan, plan: ConfigurationPlan, i
                mixed_precision: bool) -> None:
     """Refuse, in one line naming the recipe, a network whose training step at the plan's patch and batch would
     not fit ``budget_bytes`` (the registry's memory estimate, as the planner sizes plans with)."""
-    from autoseg.context import input_channels
+    from autoseg.cascade import network_in_channels
     from autoseg.network import estimate_memory
     from autoseg.planning.planner import GIB
-    need = estimate_memory(net_plan, plan.patch_size, plan.batch_size, input_channels(info.num_channels,
-                           net_plan.context_slices), info.num_outputs, mixed_precision).total
+    need = estimate_memory(net_plan, plan.patch_size, plan.batch_size, network_in_channels(info.num_channels, net_plan),
+                           info.num_outputs, mixed_precision).total
     if need > budget_bytes:
         raise fail(recipe.source or None, f"network {net_plan.arch} of recipe {recipe.name} needs about "
                    f"{need / GIB:.1f} GiB for patch {'x'.join(map(str, plan.patch_size))}, batch {plan.batch_size}; "
@@ -322,6 +330,8 @@ def _check_fits_gpu(recipe: Recipe, net_plan: NetworkPlan, data: FoldData, devic
 def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, options: TrainOptions, recipe: Recipe,
                 dist: ddp.DistInfo, device: torch.device) -> Path:
     data = load_fold_data(paths, configuration, fold, dist)
+    if data.plan.previous_stage is not None:
+        data = _with_previous_stage(paths, data, fold, options, recipe, dist)
     fold_dir = paths.fold_dir(configuration, fold, recipe.name)
     log_path = fold_dir / "log.txt"
     dtype = compute_dtype_for(options.precision, device)
@@ -355,7 +365,7 @@ def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, option
     validated = (fold_dir / "validation" / "summary.json").is_file()
     if options.validate and main and data.split.val and (trains or not validated):
         write(f"validating {len(data.split.val)} held-out case(s) with a sliding window")
-        load = functools.partial(_load_case, data.config_dir)
+        load = functools.partial(_load_case, data.config_dir, prior_dir=data.prior_dir)
         summary = validate_cases(_plain(network), data.split.val, load, data.info, data.plan, device,
                                  fold_dir / "validation", compute_dtype=dtype)
         for region, metrics in summary["mean"].items():
@@ -377,6 +387,23 @@ def _validate_raw(paths: DatasetPaths, fold_dir: Path, fold: int, case_ids: list
           f"{len(evaluation.per_case)} scored -> {fold_dir / 'validation_raw'}")
     for region, metrics in evaluation.summary.get("mean", {}).items():
         write(f"raw-space validation mean {region}: Dice {metrics['dice']:.4f}, HD95 {metrics['hd95']:.2f} mm")
+
+
+def _with_previous_stage(paths: DatasetPaths, data: FoldData, fold: int | str, options: TrainOptions, recipe: Recipe,
+                         dist: ddp.DistInfo) -> FoldData:
+    """A cascade fold's data with its previous stage's held-out segmentations, made (rank 0) where missing or stale;
+    fold all, missing previous-stage folds and --augment-on device are refused in one line."""
+    from autoseg.preprocessing import list_preprocessed_cases
+    from autoseg.training.cascade import check_previous_stage, ensure_priors, prior_dir
+    splits = load_or_create_splits(paths.splits_json, list_preprocessed_cases(data.config_dir))
+    check_previous_stage(paths, data.plan, fold, splits, recipe.name)
+    if options.augment_on != "cpu":
+        raise fail(None, f"--augment-on {options.augment_on}: {data.plan.name} perturbs its previous stage's "
+                   "segmentation on the CPU only", "leave out --augment-on (cpu is the default)")
+    if dist.is_main:
+        ensure_priors(paths, data.plan, splits, recipe.name, options.device, options.precision, options.progress)
+    ddp.barrier()
+    return replace(data, prior_dir=prior_dir(paths, data.plan, recipe.name))
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoseg.cascade import prior_labels, with_prior
 from autoseg.context import stack_context
 from autoseg.dataset import DatasetInfo
 from autoseg.errors import fail
 from autoseg.evaluation.evaluate import Evaluation, evaluate_folder
-from autoseg.inference.predictor import PredictionReport, Predictor, predict_folder
+from autoseg.inference.cascade import held_out_predictor
+from autoseg.inference.predictor import PredictionReport, predict_folder
 from autoseg.io import atomic_path, write_json_atomic
 from autoseg.paths import DatasetPaths
 from autoseg.plans import ConfigurationPlan
@@ -44,7 +46,10 @@ def validate_cases(network: nn.Module, case_ids: list[str], load_case: Callable[
     for case_id in case_ids:
         case = load_case(case_id)
         data = np.array(case.data, dtype=np.float32)   # a writable copy of the memory map
-        data = torch.from_numpy(stack_context(data, plan.network.context_slices))   # 2.5D: slices with neighbours
+        data = stack_context(data, plan.network.context_slices)   # 2.5D: slices with neighbours
+        if plan.network.prior_channels:   # cascade: the previous stage's held-out segmentation, one-hot
+            data = with_prior(data, case.prior, prior_labels(info))
+        data = torch.from_numpy(data)
         probs = predict_sliding_window(network, data, plan.patch_size, info.num_outputs, info.region_based,
                                        mirror_axes=plan.mirror_axes, step=0.5, device=device,
                                        compute_dtype=compute_dtype)
@@ -99,8 +104,7 @@ def validate_raw(paths: DatasetPaths, fold_dir: Path, fold: int, case_ids: list[
                        "restore the raw dataset, then rerun autoseg-train for this fold (a finished fold is only "
                        "validated)")
     out = fold_dir / RAW_FOLDER
-    predictor = Predictor.from_checkpoints([fold_dir / "checkpoint_final.pt"], device, precision, dataset=paths.name,
-                                           folds=[fold], recipe=recipe)
+    predictor = held_out_predictor(paths, fold_dir, fold, recipe, device, precision)   # a cascade: + lowres fold
     report = predict_folder(predictor, images, out, save_probs=True, progress=progress, case_ids=set(case_ids))
     found = set(report.written) | set(report.skipped) | {line.split(":")[0] for line in report.failed}
     report.failed += [str(fail(images, f"no images of held-out case {c}", "restore them from the raw dataset"))
