@@ -178,6 +178,9 @@ def find_best(paths: DatasetPaths, progress: bool = True) -> Selection:
         raise fail(paths.results, "no trained cross-validation folds", "train the five folds of a configuration first: "
                    "autoseg-train 3d_fullres fold0 ... fold4")
     held_out_cases(paths)
+    if not (paths.raw / "labelsTr").is_dir():
+        raise fail(paths.raw / "labelsTr", "not found: the pairs of models are scored against the raw references",
+                   "restore the raw dataset (autoseg-convert), then rerun autoseg-find-best")
     singles = [crossval(paths, f) for f in tqdm(folders, desc="cross-validation", unit="model", disable=not progress)]
     complete = [c for c in singles if c.complete]
     incomplete = [line for c in singles for line in c.missing]
