@@ -16,7 +16,7 @@ import locale
 import os
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -265,6 +265,37 @@ def read_image(path: str | os.PathLike, dtype: type | None = None, allow_nonfini
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     return array, geometry
+
+
+def off_grid(path: Path, geometry: Geometry, first: Path, first_geometry: Geometry) -> AutosegError | None:
+    """The one-line error for a file of a case (a channel or its label) that is not on the grid of the case's first
+    file, or None when it is: the dataset check, preprocessing and prediction all say it this way."""
+    problem = first_geometry.mismatch(geometry)
+    if problem is None:
+        return None
+    return fail(path, f"{problem} of {first.name}", f"resample or re-export it onto the grid of {first.name}")
+
+
+def read_channels(paths: Sequence[Path], skip: Collection[int] = ()) -> tuple[list[np.ndarray], Geometry]:
+    """The channel files of one case as float32 (z, y, x) arrays on one grid, the first read channel's; a channel
+    in ``skip`` is not read (its file may be absent) and comes back as zeros. An unreadable file, or one on
+    another grid, is one line naming it. The case reader of preprocessing and prediction."""
+    if all(c in skip for c in range(len(paths))):
+        raise ValueError("read_channels: every channel is skipped")
+    images: list[np.ndarray | None] = []
+    first: tuple[Path, Geometry] | None = None
+    for c, path in enumerate(paths):
+        if c in skip:
+            images.append(None)
+            continue
+        image, geometry = read_image(path, np.float32)
+        if first is None:
+            first = (path, geometry)
+        elif (error := off_grid(path, geometry, *first)) is not None:
+            raise error
+        images.append(image)
+    assert first is not None
+    return [np.zeros(first[1].shape_zyx, np.float32) if im is None else im for im in images], first[1]
 
 
 def _read_nifti_voxels(path: Path, geometry: Geometry) -> np.ndarray:

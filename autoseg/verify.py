@@ -21,7 +21,7 @@ import numpy as np
 
 from autoseg.dataset import CaseFiles, DatasetInfo, check_case_id
 from autoseg.errors import AutosegError, ProblemList, fail
-from autoseg.io import Geometry, read_image
+from autoseg.io import Geometry, off_grid, read_image
 from autoseg.parallel import thread_map
 
 # image formats SimpleITK reads that a dataset might mix up with its declared ``file_ending``
@@ -170,10 +170,8 @@ def check_case(case: CaseFiles, info: DatasetInfo) -> list[str]:
             continue
         if ref is None:
             ref = (path, geometry)
-        else:
-            differs = ref[1].mismatch(geometry)
-            if differs:
-                problems.add(path, f"{differs} of {ref[0].name}", f"resample or re-export it onto the grid of {ref[0].name}")
+        elif (error := off_grid(path, geometry, *ref)) is not None:
+            problems.items.append(str(error))
         if path == case.label:
             _check_label(path, array, info.label_values, problems)
         else:

@@ -13,7 +13,7 @@ from autoseg.brats import find_brats_case
 from autoseg.dataset import DatasetInfo, check_case_id, is_os_litter
 from autoseg.errors import fail
 from autoseg.input_forms import InputCase
-from autoseg.io import Geometry, read_image
+from autoseg.io import Geometry, read_channels
 
 
 def find_input_cases(folder: str | Path, num_channels: int, file_ending: str = ".nii.gz") -> list[InputCase]:
@@ -50,26 +50,15 @@ def read_input_case(case: InputCase, missing: Sequence[int] = ()) -> tuple[list[
         return case.form.read(missing)
     if len(missing) >= len(case.channels):
         raise fail(case.channels[0], "every channel is marked missing", "--missing may name all channels but one")
-    images: list[np.ndarray | None] = []
-    geometry = None
     for c, path in enumerate(case.channels):
-        if c in missing:
-            images.append(None)
-            continue
-        if not path.is_file():
+        if c not in missing and not path.is_file():
             raise fail(path, "channel file missing",
                        "add it, remove the case from the input folder, or predict without it: --missing CHANNEL")
-        image, geom = read_image(path, np.float32)
-        if geometry is None:
-            geometry = geom
-        elif (problem := geometry.mismatch(geom)) is not None:
-            raise fail(path, f"{problem} of the first channel", "all channels of a case must share one image grid")
-        if not image.any():   # e.g. a missing MRI sequence filled with zeros: the networks would silently guess
-            raise fail(path, "image is all zero",
-                       "re-export it, or predict without this channel: --missing CHANNEL")
-        images.append(image)
-    assert geometry is not None
-    return [np.zeros(geometry.shape_zyx, np.float32) if im is None else im for im in images], geometry
+    images, geometry = read_channels(case.channels, missing)
+    for c, (path, image) in enumerate(zip(case.channels, images)):
+        if c not in missing and not image.any():   # e.g. a missing MRI sequence filled with zeros: a silent guess
+            raise fail(path, "image is all zero", "re-export it, or predict without this channel: --missing CHANNEL")
+    return images, geometry
 
 
 def channel_indices(names: Sequence[str], info: DatasetInfo, where: str | Path | None = None) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from autoseg.dataset import CaseFiles, DatasetInfo, load_dataset
 from autoseg.errors import AutosegError, ProblemList, fail
-from autoseg.io import Geometry, read_image
+from autoseg.io import Geometry, off_grid, read_channels, read_image
 from autoseg.locks import lock_name, write_lock
 from autoseg.parallel import WorkerDied, process_map
 from autoseg.parallel import shard as shard_items
@@ -62,21 +62,15 @@ def reuse_sibling(out_dir: Path, case_id: str, config: ConfigurationPlan, key: s
 
 
 def read_case(files: CaseFiles) -> tuple[list[np.ndarray], np.ndarray, Geometry]:
-    """Read a training case's channels (float32) and label; all must share channel 0's grid."""
-    images, geometry = [], None
-    for path in files.images:
-        image, geom = read_image(path, dtype=np.float32)
-        if geometry is None:
-            geometry = geom
-        elif (problem := geometry.mismatch(geom)) is not None:
-            raise fail(path, f"{problem} of channel 0 ({files.images[0].name})", "resample or re-export this channel")
-        images.append(image)
+    """Read a training case's channels (float32, :func:`autoseg.io.read_channels`) and label, all on channel 0's
+    grid."""
+    images, geometry = read_channels(files.images)
     if files.label is None:
         raise fail(files.images[0], "training case has no label file", f"add labelsTr/{files.case_id}.nii.gz")
     seg, geom = read_image(files.label)
-    if (problem := geometry.mismatch(geom)) is not None:  # type: ignore[union-attr]
-        raise fail(files.label, f"{problem} of the images", "the label must share the images' grid")
-    return images, seg, geometry  # type: ignore[return-value]
+    if (error := off_grid(files.label, geom, files.images[0], geometry)) is not None:
+        raise error
+    return images, seg, geometry
 
 
 def check_content(files: CaseFiles, images: list[np.ndarray], label: np.ndarray, info: DatasetInfo) -> None:
