@@ -374,6 +374,7 @@ def test_predict_skips_a_bad_case_and_finishes_the_others(work: Path, capsys, wh
     record(what, "autoseg-predict", code, lines, "earlier predictions; the good case is written", work)
 
 
+@pytest.mark.slow
 def test_predict_refuses_an_unsafe_case_id(work: Path, capsys) -> None:
     paths = _paths(work)
     inp, out = work / "in", work / "out" / "inner"
@@ -527,6 +528,7 @@ def test_full_disk_while_preprocessing_keeps_finished_cases(work: Path, capsys, 
            "finished cases; no temporary file left", work)
 
 
+@pytest.mark.slow
 def test_full_disk_while_predicting_keeps_earlier_predictions(work: Path, capsys, monkeypatch, enospc) -> None:
     paths = _paths(work)
     out = work / "pred"
@@ -719,6 +721,7 @@ def test_convert_copies_bytes_and_plan_reports_the_damaged_file(work: Path, caps
            lines, "the source folder", work)
 
 
+@pytest.mark.slow
 def test_predict_all_zero_channel(work: Path, capsys) -> None:
     paths = _paths(work)
     inp, out = work / "in", work / "out"
@@ -789,6 +792,7 @@ def test_train_names_a_damaged_preprocessed_case(work: Path, base: Path, capsys)
             assert (out / p.name).read_bytes() == p.read_bytes(), p.name
 
 
+@pytest.mark.slow
 def test_ensemble_refuses_pickled_and_truncated_probabilities(work: Path, capsys) -> None:
     from autoseg.cli.ensemble import main as ensemble_main
     paths = _paths(work)
@@ -1115,6 +1119,7 @@ def _replace_keeping_name_size_and_time(image: Path) -> None:
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+@pytest.mark.slow
 def test_predict_redoes_stale_outputs_and_skips_only_up_to_date_ones(work: Path, capsys) -> None:
     """Each case's outputs have a record of what made them (OUT/provenance/CASE.json): the same command again
     skips them, and so does an input copied anew with the same content; after retraining, an input replaced (even
@@ -1161,6 +1166,7 @@ def test_predict_redoes_stale_outputs_and_skips_only_up_to_date_ones(work: Path,
     record("outputs without a record (an older version, another tool)", "autoseg-predict", code, lines, "-", work)
 
 
+@pytest.mark.slow
 def test_ensemble_into_an_input_folder_is_refused_and_a_changed_input_is_redone(work: Path, capsys) -> None:
     """-o A with -i A B used to report every case "already done" (A's own segmentations) with exit 0; now one line,
     exit 2, nothing touched. An ensemble whose input folder was predicted again is redone."""
