@@ -161,3 +161,87 @@ def test_find_best_ranks_models_and_pairs_and_writes_the_instructions(validated,
     with pytest.raises(SystemExit):
         find_best_main(["--home", str(validated.root)])
     assert (pair / "fold_0" / f"{case}.nii.gz").stat().st_mtime_ns == stamp
+
+
+# ---- the whole path: planned 3d_lowres, 3d_fullres and the cascade, five folds each -------------------------------
+@pytest.mark.slow
+def test_find_best_commands_reproduce_the_chosen_prediction(tmp_path, capsys):
+    """A synthetic dataset whose median image is large for the patch of a tiny GPU budget gets 3d_lowres; every 3d
+    configuration planned trains five folds (tiny budget); find-best ranks them and every pair, and its printed commands
+    predict a test case exactly as the chosen model does through the Python API (and those of the best pair too)."""
+    from dataclasses import replace
+
+    from autoseg.cli.find_best import main as find_best_main
+    from autoseg.cli.plan import main as plan_main
+    from autoseg.paths import DatasetPaths
+    from autoseg.plans import Plans
+    from autoseg.preprocessing import preprocess_dataset
+    from autoseg.synthetic import write_raw_dataset
+
+    paths = DatasetPaths(tmp_path / "home", "Dataset001_Synthetic")
+    write_raw_dataset(paths.raw, n_train=5, n_test=1, shape=(32, 40, 40), seed=0)
+    with pytest.raises(SystemExit):
+        plan_main(["--home", str(paths.root), "--vram", "0.002", "--base-features", "4", "--max-features", "16",
+                   "-np", "1"])
+    plans = Plans.load(paths.plans_json)
+    planned = [c for c in plans.configurations if c.startswith("3d")]
+    assert {"3d_lowres", "3d_fullres", "3d_cascade_fullres"} <= set(planned)
+    # the tiny budget: no mirroring (each validation and prediction then runs 1 pass per window, not 8)
+    plans.configurations.update({c: replace(p, mirror_axes=[]) for c, p in plans.configurations.items()})
+    plans.save(paths.plans_json)
+    configurations = sorted(planned, key=lambda c: c != "3d_lowres")   # a cascade trains on 3d_lowres' folds
+    for c in configurations:
+        preprocess_dataset(paths, c, workers=1)
+        for fold in range(5):
+            train_fold(paths, c, fold, TrainOptions(**FAST))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        find_best_main(["--home", str(paths.root)])
+    assert e.value.code == 0
+    printed = capsys.readouterr().out
+    instructions = read_json(paths.results / "inference_instructions.json")
+    n = len(configurations)
+    assert len(instructions["ranking"]) == n + n * (n - 1) // 2 and instructions["incomplete"] == []
+    commands = [line.strip() for line in printed.splitlines() if line.startswith("  autoseg-")]
+    assert commands == instructions["commands"]
+    _check_commands(paths, commands, instructions["best"]["members"], tmp_path / "predicted")
+    # the commands of the best pair too (when a single model won), made by the same function, so both kinds run
+    pair = next(r for r in instructions["ranking"] if len(r["members"]) == 2)
+    if pair is not instructions["ranking"][0]:
+        from autoseg.selection import Crossval, commands_for
+        pair_commands = commands_for(paths, Crossval(pair["model"], {}), paths.results.resolve() / "postprocessing.json")
+        assert [c.split()[0] for c in pair_commands] == ["autoseg-predict", "autoseg-predict", "autoseg-ensemble"]
+        _check_commands(paths, pair_commands, pair["members"], tmp_path / "pair")
+
+
+def _check_commands(paths, commands: list[str], members: list[dict], out: Path) -> None:
+    """Run ``commands`` on the test case into ``out``; its segmentation must equal the model's through the Python API:
+    each member's five folds (a cascade's fed by its previous stage), their probabilities averaged as saved (fp16),
+    then postprocessed."""
+    import shlex
+
+    from autoseg.cli.ensemble import main as ensemble_main
+    from autoseg.cli.predict import main as predict_main
+    from autoseg.inference.cascade import predictor_for
+    from autoseg.inference.predictor import find_input_cases, read_input_case, segmentation_from_probabilities
+    from autoseg.postprocessing import PostprocessingPlan
+    mains = {"autoseg-predict": predict_main, "autoseg-ensemble": ensemble_main}
+    for command in commands:
+        words = shlex.split(command.replace("INPUT_FOLDER", shlex.quote(str(paths.raw / "imagesTs")))
+                            .replace("OUTPUT_FOLDER", shlex.quote(str(out))))
+        with pytest.raises(SystemExit) as e:
+            mains[words[0]](words[1:])
+        assert e.value.code == 0, command
+    info = DatasetInfo.load(paths.dataset_json)
+    case = find_input_cases(paths.raw / "imagesTs", info.num_channels)[0]
+    images, geometry = read_input_case(case)
+    probs = [predictor_for(paths, m["configuration"], list(range(5))).predict(images, geometry) for m in members]
+    mean = probs[0]
+    if len(probs) > 1:   # autoseg-ensemble's arithmetic on the float16 files
+        mean = probs[0].astype(np.float16).astype(np.float32)
+        for p in probs[1:]:
+            mean += p.astype(np.float16)
+        mean /= len(probs)
+    post = PostprocessingPlan.load(paths.results / "postprocessing.json")
+    expected = segmentation_from_probabilities(mean, info, None, post)
+    assert np.array_equal(read_image(out / f"{case.case_id}.nii.gz")[0], expected)
