@@ -58,12 +58,16 @@ class LossChoice:
     """``dice_ce``: soft Dice + cross-entropy of the dataset's outputs (softmax over labels, or one sigmoid
     per region: binary cross-entropy, nnU-Net's rule); ``dice_bce``: the same, for region datasets only;
     ``dice_focal``: soft Dice + focal loss with ``focal_gamma``. ``dice``: "log" (-log Dice where a region
-    is present) or "linear" (1 - Dice). ``weights``: per region or class name (others 1), in both terms."""
+    is present) or "linear" (1 - Dice). ``weights``: per region or class name (others 1), in both terms.
+    ``patterns``: with the nested region head, also the label patterns' cross-entropy + soft Dice (else a pattern
+    that is no region's own, necrosis, gets no gradient once unlikely; autoseg.network.regions); checkpoints
+    from before the field were trained without it."""
 
     name: str = "dice_ce"
     dice: str = "log"
     weights: Mapping[str, float] = field(default_factory=dict)
     focal_gamma: float = 2.0
+    patterns: bool = True
 
 
 @dataclass(frozen=True)
@@ -270,13 +274,14 @@ def _network(data: Any, where: str | Path) -> NetworkChoice:
 
 
 def _loss(data: Any, where: str | Path) -> LossChoice:
-    r = _Reader(data, where, "loss.", ("name", "dice", "weights", "focal_gamma"))
+    r = _Reader(data, where, "loss.", ("name", "dice", "weights", "focal_gamma", "patterns"))
     name = r.choice("name", "dice_ce", LOSSES)
     if "focal_gamma" in r.data and name != "dice_focal":
         raise r.bad("loss.focal_gamma", f"applies to dice_focal, not {name}", "remove it, or set \"name\": \"dice_focal\"")
     return LossChoice(name, r.choice("dice", "log", DICE_FORMS),
                       r.get("weights", {}, _name_weights, '"weights": {"enhancing tumour": 2.0}'),
-                      r.get("focal_gamma", 2.0, _number(low=0.0), '"focal_gamma": 2.0'))
+                      r.get("focal_gamma", 2.0, _number(low=0.0), '"focal_gamma": 2.0'),
+                      r.get("patterns", True, _bool, '"patterns": true'))
 
 
 def _optimiser(data: Any, where: str | Path) -> OptimiserChoice:
@@ -398,12 +403,15 @@ def recipe_name(spec: str | Path | None) -> str:
 
 def recipe_of_checkpoint(ckpt: Mapping[str, Any], where: str | Path) -> Recipe:
     """The recipe a checkpoint was trained with. Checkpoints from before recipes existed were trained with the
-    default recipe, with the options they stored (``dice`` absent: 1 - Dice, which they trained)."""
+    default recipe, with the options they stored (``dice`` absent: 1 - Dice, which they trained). Checkpoints from
+    before ``loss.patterns`` existed trained without the patterns' term."""
     if "recipe" in ckpt:
-        return parse_recipe(ckpt["recipe"], where)
+        stored = dict(ckpt["recipe"])
+        stored["loss"] = {"patterns": False, **stored.get("loss", {})}
+        return parse_recipe(stored, where)
     o = ckpt.get("options", {})
     d = Recipe()
-    return replace(d, loss=replace(d.loss, dice=o.get("dice", "linear")),
+    return replace(d, loss=replace(d.loss, dice=o.get("dice", "linear"), patterns=False),
                    optimiser=replace(d.optimiser, lr=o.get("lr", d.optimiser.lr),
                                      weight_decay=o.get("weight_decay", d.optimiser.weight_decay),
                                      momentum=o.get("momentum", d.optimiser.momentum),

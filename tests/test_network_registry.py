@@ -76,7 +76,8 @@ def test_every_built_in_is_registered_and_an_unknown_name_is_one_line() -> None:
 def test_outputs_fit_the_deep_supervision_loss_and_the_region_head(arch, base) -> None:
     """Training mode: one tensor or a list, finest first, each level no finer than the one before, that the
     trainer's loss takes and every parameter learns from; eval mode: one full-size tensor. With the nested
-    region head, region probabilities are nested (enhancing <= core <= whole) in every network."""
+    region head, region probabilities are nested (enhancing <= core <= whole) in every network, and in training
+    mode the 4 pattern logits follow the 3 region logits (the loss's patterns term)."""
     plan = adapt_network_plan(base, arch)
     patch = PATCH[plan.ndim]
     torch.manual_seed(0)
@@ -85,13 +86,14 @@ def test_outputs_fit_the_deep_supervision_loss_and_the_region_head(arch, base) -
     net.train()
     out = net(x)
     outs = out if isinstance(out, list) else [out]
-    assert list(outs[0].shape) == [2, 3, *patch]
+    assert list(outs[0].shape) == [2, 3 + 4, *patch]
     for finer, coarser in zip(outs, outs[1:]):
         assert all(c <= f for c, f in zip(coarser.shape[2:], finer.shape[2:])) and coarser.shape[:2] == finer.shape[:2]
     if arch != "attention_unet":        # MONAI's AttentionUnet has no deep supervision
         assert len(outs) == plan.n_stages - 1
     target = (torch.rand(2, 3, *patch) > 0.7).float()
-    DeepSupervisionLoss(segmentation_loss(region_based=True, batch_dice=False), region_based=True)(out, target).backward()
+    DeepSupervisionLoss(segmentation_loss(region_based=True, batch_dice=False, patterns=BRATS),
+                        region_based=True)(out, target).backward()
     assert all(p.grad is not None for p in net.parameters())
     p = torch.sigmoid(outs[0].detach())
     assert bool((p[:, 2] <= p[:, 1] + 1e-5).all() and (p[:, 1] <= p[:, 0] + 1e-5).all())
@@ -116,7 +118,7 @@ def test_a_training_checkpoint_loads_into_the_prediction_network(arch) -> None:
     with torch.no_grad(), eval_mode(trained):
         assert torch.equal(served.eval()(x), trained(x))
         out = served.train()(x)
-    assert isinstance(out, torch.Tensor) and list(out.shape) == [1, 3, *patch]
+    assert isinstance(out, torch.Tensor) and list(out.shape) == [1, 3 + 4, *patch]   # + the patterns in training
 
 
 @pytest.mark.parametrize("arch", BUILT_IN)

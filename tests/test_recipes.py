@@ -134,8 +134,9 @@ def test_a_checkpoint_from_before_recipes_reads_as_the_default_recipe_with_its_o
                           "weight_decay": 3e-5, "poly_exponent": 0.9, "oversample": None}}
     r = recipe_of_checkpoint(legacy, "ckpt.pt")
     assert r.name == "nnunet" and r.loss.dice == "linear" and r.epochs == 50   # no "dice": it trained 1 - Dice
-    assert r.differences(Recipe()) == [("loss.dice", "linear", "log")]
-    assert recipe_of_checkpoint({"options": {**legacy["options"], "dice": "log"}}, "x").differences(Recipe()) == []
+    assert r.differences(Recipe()) == [("loss.dice", "linear", "log"), ("loss.patterns", False, True)]
+    assert recipe_of_checkpoint({"options": {**legacy["options"], "dice": "log"}}, "x").differences(Recipe()) == \
+        [("loss.patterns", False, True)]                                          # nor the patterns' term
 
 
 # ---- the parts ----------------------------------------------------------------------------------------
@@ -339,17 +340,30 @@ def _ckpt(fold_dir: Path, name: str = "checkpoint_final.pt") -> dict:
 
 
 def test_the_default_recipe_trains_what_training_did_before_recipes(prepared, tmp_path):
+    """The default recipe and the shipped nnunet.json train the same weights; without the label patterns' term
+    (added after recipes, loss.patterns) it is what training did before recipes existed."""
     a = train_fold(copy_home(prepared, tmp_path / "a"), "3d_fullres", 0, TrainOptions(epochs=2, **FAST))
     b = train_fold(copy_home(prepared, tmp_path / "b"), "3d_fullres", 0,
                    TrainOptions(recipe=load_recipe("nnunet"), epochs=2, **FAST))
-    ca, cb = _ckpt(a), _ckpt(b)
+    before = replace(Recipe(), loss=replace(Recipe().loss, patterns=False))
+    c = train_fold(copy_home(prepared, tmp_path / "c"), "3d_fullres", 0, TrainOptions(recipe=before, epochs=2, **FAST))
+    ca, cb, cc = _ckpt(a), _ckpt(b), _ckpt(c)
     assert a.parent.name == "3d_fullres"                       # results/DATASET/CONFIG/fold_0, as before
-    assert ca["log"]["train_loss"] == pytest.approx(BEFORE_RECIPES["train_loss"], rel=1e-6)
-    assert ca["log"]["val_loss"] == pytest.approx(BEFORE_RECIPES["val_loss"], rel=1e-6)
+    assert cc["log"]["train_loss"] == pytest.approx(BEFORE_RECIPES["train_loss"], rel=1e-6)
+    assert cc["log"]["val_loss"] == pytest.approx(BEFORE_RECIPES["val_loss"], rel=1e-6)
+    assert ca["log"]["train_loss"] != pytest.approx(BEFORE_RECIPES["train_loss"], rel=1e-3)   # the patterns' term
     for k, v in ca["network_state"].items():
         assert torch.equal(v, cb["network_state"][k]), k
     assert ca["recipe"] == Recipe().with_overrides(epochs=2, iters_per_epoch=3).to_dict()
     assert ca["network"] == ca["configuration"]["network"]
+
+
+def test_a_checkpoint_from_before_the_patterns_term_counts_as_trained_without_it():
+    stored = Recipe().to_dict()
+    del stored["loss"]["patterns"]
+    assert recipe_of_checkpoint({"recipe": stored}, "old.pt").loss.patterns is False
+    assert recipe_of_checkpoint({"recipe": Recipe().to_dict()}, "new.pt").loss.patterns is True
+    assert recipe_of_checkpoint({"options": {}}, "older.pt").loss.patterns is False
 
 
 def _recipe_file(folder: Path, **changes) -> Path:

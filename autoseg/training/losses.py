@@ -116,10 +116,11 @@ class DiceBCELoss(nn.Module):
     With ``patterns`` (the nested softmax head's regions x label patterns) logits that carry the K pattern logits
     after the R region logits (the head in training mode) add the patterns' cross-entropy and soft Dice, so a
     pattern that is no region's own (necrosis: core, not enhancing) keeps a pull of order one
-    (:mod:`autoseg.network.regions`)."""
+    (:mod:`autoseg.network.regions`); ``patterns_term`` False leaves that term out (the pattern logits are dropped).
+    """
 
     def __init__(self, batch_dice: bool, dice: str = "linear", weights: Sequence[float] | None = None,
-                 gamma: float | None = None, patterns: torch.Tensor | None = None) -> None:
+                 gamma: float | None = None, patterns: torch.Tensor | None = None, patterns_term: bool = True) -> None:
         super().__init__()
         self.batch_dice = batch_dice
         self.dice = _check_form(dice)
@@ -127,6 +128,7 @@ class DiceBCELoss(nn.Module):
         self.register_buffer("weights", None if weights is None else torch.tensor(weights, dtype=torch.float32),
                              persistent=False)
         self.n_patterns = 0 if patterns is None else patterns.shape[1]
+        self.patterns_term = patterns_term
         self.register_buffer("lookup", None if patterns is None else pattern_lookup(patterns), persistent=False)
         self.register_buffer("powers", None if patterns is None else 2 ** torch.arange(patterns.shape[0]),
                              persistent=False)
@@ -136,7 +138,8 @@ class DiceBCELoss(nn.Module):
         n_regions = target.shape[1]
         pattern_term = logits.new_zeros(())
         if self.n_patterns and logits.shape[1] == n_regions + self.n_patterns:
-            pattern_term = self._patterns_loss(logits[:, n_regions:], target)
+            if self.patterns_term:
+                pattern_term = self._patterns_loss(logits[:, n_regions:], target)
             logits = logits[:, :n_regions]
         dice = soft_dice_loss(torch.sigmoid(logits), target, self.batch_dice, form=self.dice, weights=self.weights)
         return binary_cross_entropy(logits, target, self.weights, self.gamma) + dice + pattern_term
@@ -177,12 +180,13 @@ class DiceCELoss(nn.Module):
 
 
 def segmentation_loss(region_based: bool, batch_dice: bool, dice: str = "log", weights: Sequence[float] | None = None,
-                      gamma: float | None = None, patterns: torch.Tensor | None = None) -> nn.Module:
+                      gamma: float | None = None, patterns: torch.Tensor | None = None,
+                      patterns_term: bool = True) -> nn.Module:
     """The loss of a dataset: Dice + BCE on regions, Dice + CE on labels; ``dice`` "log" or "linear" (nnU-Net);
     ``gamma`` turns the cross-entropy into the focal loss; ``weights`` one per region or foreground class;
     ``patterns``: the nested softmax head's (regions, patterns) membership, for its patterns' cross-entropy."""
     if region_based:
-        return DiceBCELoss(batch_dice, dice, weights, gamma, patterns)
+        return DiceBCELoss(batch_dice, dice, weights, gamma, patterns, patterns_term)
     return DiceCELoss(batch_dice, dice, weights, gamma)
 
 
@@ -202,7 +206,7 @@ def recipe_loss(choice: LossChoice, info: DatasetInfo, batch_dice: bool, where: 
     if weights is not None and not any(weights):
         raise fail(where, "loss.weights are all 0", "give at least one region or class a weight above 0")
     gamma = choice.focal_gamma if choice.name == "dice_focal" else None
-    return segmentation_loss(info.region_based, batch_dice, choice.dice, weights, gamma, patterns)
+    return segmentation_loss(info.region_based, batch_dice, choice.dice, weights, gamma, patterns, choice.patterns)
 
 
 def deep_supervision_weights(n_outputs: int, mode: str | Sequence[float] = "halving") -> list[float]:
