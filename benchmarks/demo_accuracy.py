@@ -89,7 +89,7 @@ def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, tr
     train_s = time.perf_counter() - t0
     log = load_checkpoint(fold_dir / "checkpoint_final.pt")["log"]
     epochs = epochs or s.epochs
-    out = work / f"out_seed{seed}_{head}_{precision}_{dice}_e{epochs}_t{s.n_test}"
+    out = work / f"out_seed{seed}_{head}_{precision}_{dice}_e{epochs}_t{s.n_test}_{os.environ.get('ATEN_CPU_CAPABILITY', 'default')}"
     summary, _ = evaluate(predict(paths, out), opts.out / "references", paths, out, 2)
     result = {"seed": seed, "region_head": head, "dice": dice, "precision": precision, "train_s": train_s,
               "epochs": epochs, "n_test": s.n_test, "cpu_isa": os.environ.get("ATEN_CPU_CAPABILITY", "default"),
