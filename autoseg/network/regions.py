@@ -19,7 +19,7 @@ A region loss alone leaves a pattern that is no region's own, such as necrosis (
 without a pull once it is unlikely: a region's logit reaches each pattern inside it in proportion to that
 pattern's share, so a near-zero pattern gets near-zero gradient and stays dead (measured: necrosis was
 never predicted, docs/accuracy.md). In training mode the network therefore also returns the pattern logits,
-after the region logits in the channel dimension, and the loss adds the patterns' cross-entropy
+after the region logits in the channel dimension, and the loss adds the patterns' cross-entropy and soft Dice
 (:class:`autoseg.training.losses.DiceBCELoss`); in eval mode (validation, inference) it returns the regions only.
 """
 

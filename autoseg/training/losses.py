@@ -136,13 +136,14 @@ class DiceBCELoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.float()  # no copies when already float32
         n_regions = target.shape[1]
-        pattern_term = logits.new_zeros(())
+        pattern_logits = None
         if self.n_patterns and logits.shape[1] == n_regions + self.n_patterns:
-            if self.patterns_term:
-                pattern_term = self._patterns_loss(logits[:, n_regions:], target)
-            logits = logits[:, :n_regions]
+            pattern_logits, logits = logits[:, n_regions:], logits[:, :n_regions]
         dice = soft_dice_loss(torch.sigmoid(logits), target, self.batch_dice, form=self.dice, weights=self.weights)
-        return binary_cross_entropy(logits, target, self.weights, self.gamma) + dice + pattern_term
+        loss = binary_cross_entropy(logits, target, self.weights, self.gamma) + dice
+        if pattern_logits is not None and self.patterns_term:
+            loss = loss + self._patterns_loss(pattern_logits, target)
+        return loss
 
     def _patterns_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy + soft Dice of the label patterns (background's Dice left out), as nnU-Net trains labels;
