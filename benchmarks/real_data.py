@@ -215,6 +215,14 @@ def _set_nnunet_plan(plans: Path) -> None:
     plans.write_text(json.dumps(d, indent=2))
 
 
+def save_result(work: Path, name: str, result: dict) -> None:
+    """Write one run's result as ``W/results/NAME.json`` (what ``table`` reads) and print it."""
+    out = work / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+
+
 def table(work: Path) -> str:
     import statistics
     rows = [json.loads(p.read_text()) for p in sorted((work / "results").glob("*.json"))]
@@ -250,10 +258,7 @@ def main() -> None:
         print(table(a.work))
     else:
         result = run_autoseg(a.work, a.run, a.dice) if a.what == "autoseg" else run_nnunet(a.work, a.run)
-        out = a.work / "results" / f"{result['tool']}_run{a.run}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(json.dumps(result))
+        save_result(a.work, f"{result['tool']}_run{a.run}", result)
 
 
 if __name__ == "__main__":

@@ -158,11 +158,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             for name, cmd in commands(a.work, recipe, a.batches, a.epochs, a.seed).items():
                 print(f"{recipe} {name}: {' '.join(cmd)}")
             continue
-        result = run_recipe(a.work, recipe, a.batches, a.epochs, a.seed)
-        out = a.work / "results" / f"recipe_{recipe}_run{a.seed}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(json.dumps(result))
+        real_data.save_result(a.work, f"recipe_{recipe}_run{a.seed}", run_recipe(a.work, recipe, a.batches, a.epochs,
+                                                                                a.seed))
 
 
 if __name__ == "__main__":
