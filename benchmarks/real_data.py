@@ -225,7 +225,8 @@ def save_result(work: Path, name: str, result: dict) -> None:
 
 def table(work: Path) -> str:
     import statistics
-    rows = [json.loads(p.read_text()) for p in sorted((work / "results").glob("*.json"))]
+    # recipes_table.py writes its runs (recipe_*.json) to the same folder; they are its table's rows, not this one's
+    rows = [json.loads(p.read_text()) for p in sorted((work / "results").glob("*.json")) if not p.name.startswith("recipe_")]
     lines = ["| tool | run | WT Dice | TC Dice | ET Dice | WT HD95 | TC HD95 | ET HD95 | train s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
