@@ -69,9 +69,10 @@ def pred_dir(work: Path, recipe: str, seed: int) -> Path:
     return work / "pred" / f"recipe_{recipe}_run{seed}"
 
 
-def run_measured(cmd: Sequence[str], log: Path) -> tuple[float, int]:
-    """Run ``cmd`` (output appended to ``log``); return its wall seconds and peak resident bytes (wait4's
-    ru_maxrss: the largest of the process and the children it waited for)."""
+def run_measured(cmd: Sequence[str], log: Path) -> tuple[float, int, float]:
+    """Run ``cmd`` (output appended to ``log``); return its wall seconds, peak resident bytes (wait4's
+    ru_maxrss: the largest of the process and the children it waited for) and CPU seconds (user + system, its
+    children included: what the run costs whatever else shares the machine)."""
     t0 = time.perf_counter()
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
@@ -81,7 +82,7 @@ def run_measured(cmd: Sequence[str], log: Path) -> tuple[float, int]:
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"recipes_table: {cmd[0]} failed (exit {proc.returncode}); see {log}")
-    return time.perf_counter() - t0, usage.ru_maxrss * 1024
+    return time.perf_counter() - t0, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
 
 
 def prepare(work: Path, log: Path) -> None:
@@ -110,10 +111,11 @@ def run_recipe(work: Path, recipe: str, batches: int, epochs: int, seed: int) ->
     cmds = commands(work, recipe, batches, epochs, seed)
     fold_dir = DatasetPaths(work / "autoseg_home", real_data.DATASET).fold_dir(CONFIGURATION, FOLD, recipe)
     shutil.rmtree(fold_dir, ignore_errors=True)
-    train_s, peak = run_measured(cmds["train"], log)
+    train_s, peak, train_cpu_s = run_measured(cmds["train"], log)
     shutil.rmtree(pred_dir(work, recipe, seed), ignore_errors=True)
-    predict_s, _ = run_measured(cmds["predict"], log)
+    predict_s, _, _ = run_measured(cmds["predict"], log)
     return {"recipe": recipe, "run": seed, "batches": batches, "epochs": epochs, "train_s": train_s,
+            "train_cpu_s": train_cpu_s,
             "predict_s": predict_s, "train_peak_bytes": peak, "scores": real_data._score(pred_dir(work, recipe, seed), work),
             "command": " ".join(["autoseg-train", *cmds["train"][1:]])}
 
@@ -123,13 +125,13 @@ def table(work: Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted((work / "results").glob("recipe_*.json"))]
     regions = list(real_data.REGIONS)
     lines = ["| recipe | run | " + " | ".join(f"{r} Dice" for r in regions) + " | "
-             + " | ".join(f"{r} HD95 (mm)" for r in regions) + " | train (min) | peak memory (GB) |",
-             "| --- " * (4 + 2 * len(regions)) + "|"]
+             + " | ".join(f"{r} HD95 (mm)" for r in regions) + " | train wall (min) | train CPU (min) | peak memory (GB) |",
+             "| --- " * (5 + 2 * len(regions)) + "|"]
     for r in rows:
         s = r["scores"]
         lines.append(f"| {r['recipe']} | {r['run']} | " + " | ".join(f"{s[k]['dice']:.3f}" for k in regions) + " | "
                      + " | ".join(f"{s[k]['hd95']:.1f}" for k in regions)
-                     + f" | {r['train_s'] / 60:.1f} | {r['train_peak_bytes'] / 1e9:.2f} |")
+                     + f" | {r['train_s'] / 60:.1f} | {r['train_cpu_s'] / 60:.1f} | {r['train_peak_bytes'] / 1e9:.2f} |")
     return "\n".join(lines)
 
 
