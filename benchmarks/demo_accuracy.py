@@ -2,9 +2,9 @@
 
     python benchmarks/demo_accuracy.py --work W --seeds 0 1 2 --region-head sigmoid softmax [--precision fp32] [--dice log linear]
 
-Makes the demo's synthetic dataset once under W (12 training + 3 test cases, the demo's plan), then
-for every seed and region head trains fold 0 with the demo's fixed settings (7 x 25 iterations),
-predicts and scores the 3 test cases. Appends one JSON line per run to W/results.jsonl (per-epoch
+Makes the demo's synthetic dataset once under W (the demo's 12 training + 8 test cases and its plan), then
+for every seed and region head trains fold 0 with the demo's fixed settings (12 x 25 iterations; 7 x 25 and
+3 test cases before 2026-12), predicts and scores the test cases. Appends one JSON line per run to W/results.jsonl (per-epoch
 pseudo-Dice, test Dice per region, training seconds) and prints a markdown table of all runs.
 ``--trace`` also records, per training step, each region's BCE and Dice at full resolution and the
 whole-tumour logit on oedema-only voxels (the measurement that found the collapse's cause).
@@ -120,7 +120,7 @@ def main() -> None:
     p.add_argument("--region-head", nargs="+", default=["sigmoid", "softmax"], choices=("sigmoid", "softmax"))
     p.add_argument("--precision", default="fp32")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--n-test", type=int, default=None, help="held-out cases (default: the demo's 3)")
+    p.add_argument("--n-test", type=int, default=None, help="held-out cases (default: the demo's, 8)")
     p.add_argument("--trace", action="store_true")
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--dice", nargs="+", default=["log"], choices=("log", "linear"),

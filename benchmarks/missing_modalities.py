@@ -3,8 +3,9 @@
     python benchmarks/missing_modalities.py --work W [--dropout 0.5] [--precision fp32]
 
 On the demo's synthetic data and plan (benchmarks/demo_accuracy.py makes it), trains fold 0 twice
-with the demo's fixed budget (7 x 25 iterations, seed 0): once as usual, once with
-``--modality-dropout``. Each model then predicts the 3 held-out cases with nothing missing and with
+with the demo's fixed budget (``DemoSettings.full()``; 7 x 25 iterations when docs/accuracy.md's table
+was measured, 12 x 25 since; seed 0): once as usual, once with
+``--modality-dropout``. Each model then predicts the held-out cases (3 then, 8 since) with nothing missing and with
 each channel missing in turn (``autoseg-predict --missing``; no test-time augmentation), and the
 mean Dice per region is printed as a markdown table and stored in W/missing_modalities.json.
 """

@@ -15,7 +15,7 @@ from autoseg.demo import DemoOptions, DemoSettings, clear_previous_demo, convert
 def test_full_demo_trains_a_fixed_length_whatever_the_machine():
     """The outcome must not depend on the machine's speed: no wall-clock budget, a fixed number of steps."""
     s = DemoSettings.full()
-    assert (s.epochs, s.iters_per_epoch) == (7, 25)
+    assert (s.epochs, s.iters_per_epoch, s.n_test) == (12, 25, 8)
     assert "budget" not in DemoOptions.__dataclass_fields__
 
 
