@@ -29,8 +29,8 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="folder for the demo's synthetic source data, predictions, metrics and pictures "
                         "(default: HOME/demo, or HOME/demo_stroke for stroke-ct)")
-    p.add_argument("--epochs", type=number(int, "--epochs 7", low=1), default=None, metavar="E",
-                   help="training epochs of 25 iterations (default: 7 for brats, 8 for stroke-ct, meant to fit 10 "
+    p.add_argument("--epochs", type=number(int, "--epochs 12", low=1), default=None, metavar="E",
+                   help="training epochs of 25 iterations (default: 12 for brats, 8 for stroke-ct, meant to fit 10 "
                         "minutes on a 2-core CPU in fp32; the same on every machine, so the result does not depend "
                         "on its speed)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
