@@ -6,6 +6,7 @@ Makes the demo's synthetic dataset once under W (the demo's 12 training + 8 test
 for every seed and region head trains fold 0 with the demo's fixed settings (12 x 25 iterations; 7 x 25 and
 3 test cases before 2026-12), predicts and scores the test cases. Appends one JSON line per run to W/results.jsonl (per-epoch
 pseudo-Dice, test Dice per region, training seconds) and prints a markdown table of all runs.
+``--average-last K ...`` also scores the uniform average of the last K epochs' weights (docs/accuracy.md §2.1).
 ``--trace`` also records, per training step, each region's BCE and Dice at full resolution and the
 whole-tumour logit on oedema-only voxels (the measurement that found the collapse's cause).
 """
@@ -68,8 +69,48 @@ def _trace_steps(records: list) -> None:
     losses.DiceBCELoss.forward = forward
 
 
+def _keep_epoch_weights(snapshots: list) -> None:
+    """Append a copy of the network's weights at the end of every epoch (when the trainer saves
+    checkpoint_latest.pt) to ``snapshots``."""
+    from autoseg.training import trainer
+
+    original = trainer.save_checkpoint
+
+    def save(path, payload):
+        original(path, payload)
+        if Path(path).name == "checkpoint_latest.pt":
+            snapshots.append({k: v.detach().clone() for k, v in payload["network_state"].items()})
+
+    trainer.save_checkpoint = save
+
+
+def _score_averages(paths, opts, fold_dir: Path, snapshots: list, lasts: list[int], out_stem: str, work: Path) -> dict:
+    """Test Dice of the uniform average of the last K epochs' weights, for each K (stochastic weight averaging;
+    instance norm has no running statistics to recompute); checkpoint_final.pt is restored afterwards."""
+    import torch
+
+    from autoseg.checkpoint import load_checkpoint, save_checkpoint
+    from autoseg.demo import evaluate, mean_dice, predict
+
+    final = fold_dir / "checkpoint_final.pt"
+    original = final.read_bytes()
+    ckpt, scores = load_checkpoint(final), {}
+    try:
+        for k in lasts:
+            states = snapshots[-k:]
+            ckpt["network_state"] = {n: (sum(st[n].double() for st in states) / len(states)).to(v.dtype)
+                                     if v.is_floating_point() else v for n, v in states[-1].items()}
+            save_checkpoint(final, ckpt)
+            out = work / f"{out_stem}_avg{k}"
+            summary, _ = evaluate(predict(paths, out), opts.out / "references", paths, out, 2)
+            scores[k] = mean_dice(summary)
+    finally:
+        final.write_bytes(original)
+    return scores
+
+
 def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, trace: bool, dice: str = "log",
-        n_test: int | None = None) -> dict:
+        n_test: int | None = None, average_last: list[int] | None = None) -> dict:
     from autoseg.checkpoint import load_checkpoint
     from autoseg.demo import CONFIGURATION, FOLD, evaluate, mean_dice, predict
     from autoseg.training import TrainOptions, train_fold
@@ -82,6 +123,9 @@ def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, tr
     records: list = []
     if trace:
         _trace_steps(records)
+    snapshots: list = []
+    if average_last:
+        _keep_epoch_weights(snapshots)
     t0 = time.perf_counter()
     train_fold(paths, CONFIGURATION, FOLD, TrainOptions(
         epochs=epochs or s.epochs, iters_per_epoch=s.iters_per_epoch, val_iters=s.val_iters, device="cpu",
@@ -95,6 +139,8 @@ def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, tr
               "epochs": epochs, "n_test": s.n_test, "cpu_isa": os.environ.get("ATEN_CPU_CAPABILITY", "default"),
               "test_dice": mean_dice(summary), "pseudo_dice": log["pseudo_dice"],
               "trace": records if trace else None}
+    if average_last:
+        result["test_dice_average_last"] = _score_averages(paths, opts, fold_dir, snapshots, average_last, out.name, work)
     with open(work / "results.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
     return result
@@ -110,6 +156,9 @@ def table(work: Path) -> str:
         lines.append(f"| {r['region_head']} | {r.get('dice', 'linear')} | {r['precision']} | {r.get('cpu_isa', 'default')} | "
                      f"{r.get('epochs', 7)} | {r.get('n_test', 3)} | {r['seed']} | {curve} | "
                      + " | ".join(f"{v:.3f}" for v in d) + " |")
+        for k, avg in r.get("test_dice_average_last", {}).items():
+            lines.append(f"| ... average of the last {k} epochs' weights | | | | | | | | "
+                         + " | ".join(f"{v:.3f}" for v in avg.values()) + " |")
     return "\n".join(lines)
 
 
@@ -123,6 +172,8 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=None, help="held-out cases (default: the demo's, 8)")
     p.add_argument("--trace", action="store_true")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--average-last", type=int, nargs="+", default=None, metavar="K",
+                   help="also score the uniform average of the last K epochs' weights, for each K")
     p.add_argument("--dice", nargs="+", default=["log"], choices=("log", "linear"),
                    help="Dice term(s) to train with (autoseg-train --dice)")
     a = p.parse_args()
@@ -130,7 +181,7 @@ def main() -> None:
         for dice in a.dice:
             for head in a.region_head:
                 for seed in a.seeds:
-                    run(a.work, seed, head, a.precision, a.epochs, a.trace, dice, a.n_test)
+                    run(a.work, seed, head, a.precision, a.epochs, a.trace, dice, a.n_test, a.average_last)
     print(table(a.work))
 
 
