@@ -1341,3 +1341,22 @@ def test_shards_of_one_folder_run_side_by_side_and_overlapping_ones_are_refused(
             assert f"with {words}" in line and "whose cases overlap this run's" in line, line
         record(case, "autoseg-predict", code, shown, "the folder", work)
     assert not list(out.glob(".autoseg.lock*"))   # every lock released
+
+
+@pytest.mark.slow
+def test_two_shard_processes_started_together_write_one_folder(work: Path) -> None:
+    """Two real autoseg-predict processes, --shard 0/2 and 1/2, started at once on one -o (the test above holds
+    the other job's lock itself): both finish, each writes its own case, and no lock is left behind."""
+    import subprocess
+    import sys
+    out = work / "out"
+    argv = ["-i", _paths(work).raw / "imagesTs", "-o", out, "--home", work / "home", *PREDICT_ARGS]
+    code = "import sys; from autoseg.cli.predict import main; main(sys.argv[1:])"
+    jobs = [subprocess.Popen([sys.executable, "-c", code, *map(str, argv), "--shard", f"{i}/2"], text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    outputs = [job.communicate(timeout=300)[0] for job in jobs]
+    for job, text in zip(jobs, outputs):
+        assert job.returncode == 0, text
+        assert "1 written, 0 already done, 0 failed" in text, text
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_004.nii.gz", "case_005.nii.gz"]
+    assert not list(out.glob(".autoseg.lock*"))
