@@ -65,8 +65,14 @@ def test_workers_started_in_the_block_never_see_ctrl_c(method: str) -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_ctrl_c_that_arrives_inside_the_block_reaches_the_parent_after_it() -> None:
-    with pytest.raises(KeyboardInterrupt):
-        with children_ignore_ctrl_c():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # blocked: nothing happens here
-        time.sleep(1)  # delivered on leaving the block
+    # Python's own Ctrl-C handler, also where the suite itself was started with SIGINT ignored (a background
+    # job of a non-interactive shell: `pytest &` failed this test)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with children_ignore_ctrl_c():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # blocked: nothing happens here
+            time.sleep(1)  # delivered on leaving the block
+    finally:
+        signal.signal(signal.SIGINT, previous)
