@@ -18,6 +18,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,9 +71,10 @@ def _trace_steps(records: list) -> None:
     losses.DiceBCELoss.forward = forward
 
 
-def _keep_epoch_weights(snapshots: list) -> None:
-    """Append a copy of the network's weights at the end of every epoch (when the trainer saves
-    checkpoint_latest.pt) to ``snapshots``."""
+@contextmanager
+def _keep_epoch_weights(snapshots: list) -> Iterator[None]:
+    """Within the block, append a copy of the network's weights at the end of every epoch (when the trainer
+    saves checkpoint_latest.pt) to ``snapshots``; the trainer's own save is put back afterwards."""
     from autoseg.training import trainer
 
     original = trainer.save_checkpoint
@@ -82,15 +85,25 @@ def _keep_epoch_weights(snapshots: list) -> None:
             snapshots.append({k: v.detach().clone() for k, v in payload["network_state"].items()})
 
     trainer.save_checkpoint = save
+    try:
+        yield
+    finally:
+        trainer.save_checkpoint = original
 
 
-def _score_averages(paths, opts, fold_dir: Path, snapshots: list, lasts: list[int], out_stem: str, work: Path) -> dict:
-    """Test Dice of the uniform average of the last K epochs' weights, for each K (stochastic weight averaging;
-    instance norm has no running statistics to recompute); checkpoint_final.pt is restored afterwards."""
-    import torch
-
-    from autoseg.checkpoint import load_checkpoint, save_checkpoint
+def _test_dice(paths, opts, out: Path) -> dict:
+    """Predict the demo's test cases with fold 0 into ``out`` and score them: mean Dice per region."""
     from autoseg.demo import evaluate, mean_dice, predict
+
+    summary, _ = evaluate(predict(paths, out), opts.out / "references", paths, out, 2)
+    return mean_dice(summary)
+
+
+def _score_averages(paths, opts, fold_dir: Path, snapshots: list, lasts: list[int], out: Path) -> dict:
+    """Test Dice of the uniform average of the last K epochs' weights, for each K (stochastic weight averaging;
+    instance norm has no running statistics to recompute), predicted into ``out``_avgK; checkpoint_final.pt is
+    restored afterwards."""
+    from autoseg.checkpoint import load_checkpoint, save_checkpoint
 
     final = fold_dir / "checkpoint_final.pt"
     original = final.read_bytes()
@@ -101,9 +114,7 @@ def _score_averages(paths, opts, fold_dir: Path, snapshots: list, lasts: list[in
             ckpt["network_state"] = {n: (sum(st[n].double() for st in states) / len(states)).to(v.dtype)
                                      if v.is_floating_point() else v for n, v in states[-1].items()}
             save_checkpoint(final, ckpt)
-            out = work / f"{out_stem}_avg{k}"
-            summary, _ = evaluate(predict(paths, out), opts.out / "references", paths, out, 2)
-            scores[k] = mean_dice(summary)
+            scores[k] = _test_dice(paths, opts, out.with_name(f"{out.name}_avg{k}"))
     finally:
         final.write_bytes(original)
     return scores
@@ -112,7 +123,7 @@ def _score_averages(paths, opts, fold_dir: Path, snapshots: list, lasts: list[in
 def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, trace: bool, dice: str = "log",
         n_test: int | None = None, average_last: list[int] | None = None) -> dict:
     from autoseg.checkpoint import load_checkpoint
-    from autoseg.demo import CONFIGURATION, FOLD, evaluate, mean_dice, predict
+    from autoseg.demo import CONFIGURATION, FOLD
     from autoseg.training import TrainOptions, train_fold
 
     home = work / ("demo_home" if n_test is None else f"demo_home_test{n_test}")
@@ -124,23 +135,21 @@ def run(work: Path, seed: int, head: str, precision: str, epochs: int | None, tr
     if trace:
         _trace_steps(records)
     snapshots: list = []
-    if average_last:
-        _keep_epoch_weights(snapshots)
     t0 = time.perf_counter()
-    train_fold(paths, CONFIGURATION, FOLD, TrainOptions(
-        epochs=epochs or s.epochs, iters_per_epoch=s.iters_per_epoch, val_iters=s.val_iters, device="cpu",
-        workers=2, seed=seed, precision=precision, progress=False, dice=dice))
+    with _keep_epoch_weights(snapshots) if average_last else nullcontext():
+        train_fold(paths, CONFIGURATION, FOLD, TrainOptions(
+            epochs=epochs or s.epochs, iters_per_epoch=s.iters_per_epoch, val_iters=s.val_iters, device="cpu",
+            workers=2, seed=seed, precision=precision, progress=False, dice=dice))
     train_s = time.perf_counter() - t0
     log = load_checkpoint(fold_dir / "checkpoint_final.pt")["log"]
     epochs = epochs or s.epochs
     out = work / f"out_seed{seed}_{head}_{precision}_{dice}_e{epochs}_t{s.n_test}_{os.environ.get('ATEN_CPU_CAPABILITY', 'default')}"
-    summary, _ = evaluate(predict(paths, out), opts.out / "references", paths, out, 2)
     result = {"seed": seed, "region_head": head, "dice": dice, "precision": precision, "train_s": train_s,
               "epochs": epochs, "n_test": s.n_test, "cpu_isa": os.environ.get("ATEN_CPU_CAPABILITY", "default"),
-              "test_dice": mean_dice(summary), "pseudo_dice": log["pseudo_dice"],
+              "test_dice": _test_dice(paths, opts, out), "pseudo_dice": log["pseudo_dice"],
               "trace": records if trace else None}
     if average_last:
-        result["test_dice_average_last"] = _score_averages(paths, opts, fold_dir, snapshots, average_last, out.name, work)
+        result["test_dice_average_last"] = _score_averages(paths, opts, fold_dir, snapshots, average_last, out)
     with open(work / "results.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
     return result
