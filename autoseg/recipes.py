@@ -61,13 +61,15 @@ class LossChoice:
     is present) or "linear" (1 - Dice). ``weights``: per region or class name (others 1), in both terms.
     ``patterns``: with the nested region head, also the label patterns' cross-entropy + soft Dice (else a pattern
     that is no region's own, necrosis, gets no gradient once unlikely; autoseg.network.regions); checkpoints
-    from before the field were trained without it."""
+    from before the field were trained without it. ``patterns_dice``: that term's Dice form, apart from the
+    regions' (-log keeps a pattern of ~1 % of the voxels alive; checkpoints from before the field used ``dice``)."""
 
     name: str = "dice_ce"
     dice: str = "log"
     weights: Mapping[str, float] = field(default_factory=dict)
     focal_gamma: float = 2.0
     patterns: bool = True
+    patterns_dice: str = "log"
 
 
 @dataclass(frozen=True)
@@ -274,14 +276,15 @@ def _network(data: Any, where: str | Path) -> NetworkChoice:
 
 
 def _loss(data: Any, where: str | Path) -> LossChoice:
-    r = _Reader(data, where, "loss.", ("name", "dice", "weights", "focal_gamma", "patterns"))
+    r = _Reader(data, where, "loss.", ("name", "dice", "weights", "focal_gamma", "patterns", "patterns_dice"))
     name = r.choice("name", "dice_ce", LOSSES)
     if "focal_gamma" in r.data and name != "dice_focal":
         raise r.bad("loss.focal_gamma", f"applies to dice_focal, not {name}", "remove it, or set \"name\": \"dice_focal\"")
     return LossChoice(name, r.choice("dice", "log", DICE_FORMS),
                       r.get("weights", {}, _name_weights, '"weights": {"enhancing tumour": 2.0}'),
                       r.get("focal_gamma", 2.0, _number(low=0.0), '"focal_gamma": 2.0'),
-                      r.get("patterns", True, _bool, '"patterns": true'))
+                      r.get("patterns", True, _bool, '"patterns": true'),
+                      r.choice("patterns_dice", "log", DICE_FORMS))
 
 
 def _optimiser(data: Any, where: str | Path) -> OptimiserChoice:
@@ -407,7 +410,8 @@ def recipe_of_checkpoint(ckpt: Mapping[str, Any], where: str | Path) -> Recipe:
     before ``loss.patterns`` existed trained without the patterns' term."""
     if "recipe" in ckpt:
         stored = dict(ckpt["recipe"])
-        stored["loss"] = {"patterns": False, **stored.get("loss", {})}
+        loss = stored.get("loss", {})
+        stored["loss"] = {"patterns": False, "patterns_dice": loss.get("dice", "log"), **loss}
         return parse_recipe(stored, where)
     o = ckpt.get("options", {})
     d = Recipe()

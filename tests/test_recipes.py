@@ -70,6 +70,7 @@ BAD = [
     ({"name": "x", "loss": {"gama": 2}}, "unknown key 'loss.gama'"),
     ({"name": "x", "loss": {"name": "dice_fcl"}}, 'loss.name "dice_fcl" is not known; use one of dice_ce, dice_bce'),
     ({"name": "x", "loss": {"focal_gamma": 2}}, "loss.focal_gamma applies to dice_focal, not dice_ce"),
+    ({"name": "x", "loss": {"patterns_dice": "cubic"}}, 'loss.patterns_dice "cubic" is not known; use one of log, linear'),
     ({"name": "x", "loss": {"weights": {"enhancing tumour": -1}}}, "loss.weights = "),
     ({"name": "x", "optimiser": {"name": "adam"}}, 'optimiser.name "adam" is not known; use one of sgd, adamw'),
     ({"name": "x", "optimiser": {"name": "adamw", "momentum": 0.9}}, "optimiser.momentum does not apply to adamw"),
@@ -364,6 +365,14 @@ def test_a_checkpoint_from_before_the_patterns_term_counts_as_trained_without_it
     assert recipe_of_checkpoint({"recipe": stored}, "old.pt").loss.patterns is False
     assert recipe_of_checkpoint({"recipe": Recipe().to_dict()}, "new.pt").loss.patterns is True
     assert recipe_of_checkpoint({"options": {}}, "older.pt").loss.patterns is False
+
+
+def test_a_checkpoint_from_before_patterns_dice_trained_the_patterns_with_its_own_dice_form():
+    for form in ("log", "linear"):
+        stored = replace(Recipe(), loss=replace(Recipe().loss, dice=form)).to_dict()
+        del stored["loss"]["patterns_dice"]
+        assert recipe_of_checkpoint({"recipe": stored}, "old.pt").loss.patterns_dice == form
+    assert parse_recipe({"name": "r", "loss": {"dice": "linear"}}, "r.json").loss.patterns_dice == "log"
 
 
 def _recipe_file(folder: Path, **changes) -> Path:

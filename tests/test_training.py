@@ -109,6 +109,24 @@ def test_the_patterns_cross_entropy_revives_a_dead_pattern_that_no_region_owns()
     assert DiceBCELoss(False, patterns=patterns)(regions, target) == DiceBCELoss(False)(regions, target)   # eval: regions
 
 
+def test_the_patterns_dice_form_is_set_apart_from_the_regions():
+    """``patterns_dice`` changes the patterns' term only: swapping it moves the loss by the same amount whatever
+    the regions' form, -log Dice costs more than 1 - Dice on an imperfect fit, and None follows ``dice``."""
+    from autoseg.network.regions import RegionLogits, region_patterns
+    patterns = region_patterns([(1, 2, 4), (1, 4), (4,)], [0, 1, 2, 4])
+    g = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 3, (2, 6, 6, 6), generator=g)
+    label[label == 3] = 4
+    target = torch.stack([torch.isin(label, torch.tensor(r)) for r in ([1, 2, 4], [1, 4], [4])], 1).float()
+    z = torch.randn(2, 4, 6, 6, 6, generator=g)
+    out = torch.cat([RegionLogits(patterns)(z), z], 1)
+    loss = {(d, p): float(DiceBCELoss(False, dice=d, patterns=patterns, patterns_dice=p)(out, target))
+            for d in ("log", "linear") for p in ("log", "linear", None)}
+    assert loss["linear", "log"] - loss["linear", "linear"] == pytest.approx(loss["log", "log"] - loss["log", "linear"])
+    assert loss["linear", "log"] > loss["linear", "linear"] + 0.1
+    assert loss["log", None] == loss["log", "log"] and loss["linear", None] == loss["linear", "linear"]
+
+
 def test_downsampled_region_targets_keep_a_single_voxel_region():
     t = torch.zeros(1, 1, 8, 8, 8, dtype=torch.uint8)
     t[0, 0, 5, 5, 5] = 1

@@ -55,7 +55,8 @@ def _main(argv: Sequence[str] | None) -> int:
                    help="seed of weights and sampling (resume needs the same)")
     p.add_argument("--dice", default=None, choices=["log", "linear"],
                    help="Dice term where a region is present: log = -log(Dice), which keeps a dying region's head "
-                        "learning (the shipped recipes' default); linear = 1 - Dice, nnU-Net's")
+                        "learning (the shipped recipes' default); linear = 1 - Dice, nnU-Net's (the regions' term; "
+                        "the label patterns' is the recipe's loss.patterns_dice)")
     p.add_argument("--no-augmentation", action="store_true", help="train on plain patches (for debugging)")
     p.add_argument("--augment-on", default=_DEFAULTS.augment_on, choices=AUGMENT_ON,
                    help="where augmentation runs: cpu = in the --workers processes (default); device = batched on the "

@@ -116,14 +116,17 @@ class DiceBCELoss(nn.Module):
     With ``patterns`` (the nested softmax head's regions x label patterns) logits that carry the K pattern logits
     after the R region logits (the head in training mode) add the patterns' cross-entropy and soft Dice, so a
     pattern that is no region's own (necrosis: core, not enhancing) keeps a pull of order one
-    (:mod:`autoseg.network.regions`); ``patterns_term`` False leaves that term out (the pattern logits are dropped).
+    (:mod:`autoseg.network.regions`); ``patterns_term`` False leaves that term out (the pattern logits are dropped);
+    ``patterns_dice`` is that term's Dice form (None: ``dice``).
     """
 
     def __init__(self, batch_dice: bool, dice: str = "linear", weights: Sequence[float] | None = None,
-                 gamma: float | None = None, patterns: torch.Tensor | None = None, patterns_term: bool = True) -> None:
+                 gamma: float | None = None, patterns: torch.Tensor | None = None, patterns_term: bool = True,
+                 patterns_dice: str | None = None) -> None:
         super().__init__()
         self.batch_dice = batch_dice
         self.dice = _check_form(dice)
+        self.patterns_dice = _check_form(patterns_dice or dice)
         self.gamma = gamma
         self.register_buffer("weights", None if weights is None else torch.tensor(weights, dtype=torch.float32),
                              persistent=False)
@@ -153,7 +156,7 @@ class DiceBCELoss(nn.Module):
         valid = (index >= 0).unsqueeze(1).float()
         probs = torch.softmax(logits, 1)
         onehot = F.one_hot(index.clamp(min=0), logits.shape[1]).movedim(-1, 1).float()
-        dice = soft_dice_loss(probs[:, 1:] * valid, onehot[:, 1:] * valid, self.batch_dice, form=self.dice)
+        dice = soft_dice_loss(probs[:, 1:] * valid, onehot[:, 1:] * valid, self.batch_dice, form=self.patterns_dice)
         return F.cross_entropy(logits, index, ignore_index=-100) + dice
 
 
@@ -182,12 +185,13 @@ class DiceCELoss(nn.Module):
 
 def segmentation_loss(region_based: bool, batch_dice: bool, dice: str = "log", weights: Sequence[float] | None = None,
                       gamma: float | None = None, patterns: torch.Tensor | None = None,
-                      patterns_term: bool = True) -> nn.Module:
+                      patterns_term: bool = True, patterns_dice: str | None = None) -> nn.Module:
     """The loss of a dataset: Dice + BCE on regions, Dice + CE on labels; ``dice`` "log" or "linear" (nnU-Net);
     ``gamma`` turns the cross-entropy into the focal loss; ``weights`` one per region or foreground class;
-    ``patterns``: the nested softmax head's (regions, patterns) membership, for its patterns' cross-entropy."""
+    ``patterns``: the nested softmax head's (regions, patterns) membership, for its patterns' cross-entropy and
+    soft Dice (form ``patterns_dice``, None: ``dice``)."""
     if region_based:
-        return DiceBCELoss(batch_dice, dice, weights, gamma, patterns, patterns_term)
+        return DiceBCELoss(batch_dice, dice, weights, gamma, patterns, patterns_term, patterns_dice)
     return DiceCELoss(batch_dice, dice, weights, gamma)
 
 
@@ -207,7 +211,8 @@ def recipe_loss(choice: LossChoice, info: DatasetInfo, batch_dice: bool, where: 
     if weights is not None and not any(weights):
         raise fail(where, "loss.weights are all 0", "give at least one region or class a weight above 0")
     gamma = choice.focal_gamma if choice.name == "dice_focal" else None
-    return segmentation_loss(info.region_based, batch_dice, choice.dice, weights, gamma, patterns, choice.patterns)
+    return segmentation_loss(info.region_based, batch_dice, choice.dice, weights, gamma, patterns, choice.patterns,
+                             choice.patterns_dice)
 
 
 def deep_supervision_weights(n_outputs: int, mode: str | Sequence[float] = "halving") -> list[float]:
