@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BRATS = HERE.parent.parent / "shared" / "data" / "brats"
+BRATS = Path(os.environ.get("AUTOSEG_BRATS_DIR", HERE.parent.parent / "shared" / "data" / "brats"))  # as tests/conftest.py
 DATASET_ID, DATASET = 140, "Dataset140_BraTS3mm"
 TEST_CASE = "BraTS19_CBICA_BHQ_1"
 SPACING = 3.0

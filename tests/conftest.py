@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import locale
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,16 +39,17 @@ def home(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def synthetic_home(home: Path) -> Path:
-    """A data root with raw/Dataset001_Synthetic: 6 training + 2 test BraTS-like cases of 48x64x64."""
+@pytest.fixture(scope="session")
+def synthetic_home_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Read-only session-wide ``synthetic_home`` for tests that never write to it (and its template)."""
+    home = tmp_path_factory.mktemp("home") / "autoseg_data"
     write_raw_dataset(home / "raw" / "Dataset001_Synthetic", n_train=6, n_test=2, shape=(48, 64, 64), seed=0)
     return home
 
 
-@pytest.fixture(scope="session")
-def synthetic_home_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Read-only session-wide copy of ``synthetic_home`` for tests that never write to it."""
-    home = tmp_path_factory.mktemp("home") / "autoseg_data"
-    write_raw_dataset(home / "raw" / "Dataset001_Synthetic", n_train=6, n_test=2, shape=(48, 64, 64), seed=0)
+@pytest.fixture
+def synthetic_home(home: Path, synthetic_home_session: Path) -> Path:
+    """A data root with raw/Dataset001_Synthetic: 6 training + 2 test BraTS-like cases of 48x64x64, the
+    test's own copy (copied, not regenerated: writing the 40 compressed images cost about 1 s per test)."""
+    shutil.copytree(synthetic_home_session / "raw", home / "raw")
     return home

@@ -138,6 +138,7 @@ def test_cli_converts_and_reports_bad_input_in_one_line(tmp_path: Path, capsys: 
 
 
 @pytest.mark.brats
+@pytest.mark.slow
 def test_real_brats_folders_convert_and_verify(brats_dir: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     old = convert_brats(brats_dir / "labelled", home, 1, "BraTS19")

@@ -135,6 +135,7 @@ def test_no_foreground_in_the_sample_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.brats
+@pytest.mark.slow
 def test_real_cases_sampled_statistics_are_close_to_exact(brats_dir: Path, tmp_path: Path) -> None:
     from autoseg.convert import convert_brats
 

@@ -114,6 +114,7 @@ def test_image_roundtrip_and_bad_files(tmp_path: Path) -> None:
         read_image(tmp_path / "bad.nii.gz")
 
 
+@pytest.mark.slow
 def test_stub_or_real_cli_never_prints_traceback(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", "from autoseg.cli.plan import main; main()", "--home", str(tmp_path), "-d", "9"],
                        capture_output=True, text=True)

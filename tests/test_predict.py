@@ -143,6 +143,7 @@ def test_compile_failure_falls_back_to_eager(trained_home: Path, monkeypatch, ca
     assert not compiled.compile and "torch.compile unavailable" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_channels_predict_from_the_rest_with_or_without_their_files(trained_home: Path, tmp_path: Path,
                                                                             capsys) -> None:
     raw = trained_home / "raw" / DS / "imagesTs"

@@ -110,6 +110,7 @@ def test_png_masks_round_trip_exactly_through_volumes(tmp_path: Path) -> None:
         assert np.array_equal(again, label) and geometry == label_geometry
 
 
+@pytest.mark.slow
 def test_png_folders_and_2d_images_predict_to_png_in_the_inputs_form(tmp_path: Path, capsys) -> None:
     src = tmp_path / "src"
     write_png_patients(src, n=2, shape=SHAPE, seed=6)

@@ -4,7 +4,6 @@ reruns, shards and the command's one-line errors."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +205,7 @@ def test_2d_at_the_3d_spacing_links_the_3d_files(synthetic_home: Path) -> None:
     assert preprocess_dataset(paths, "2d", workers=1) == []
 
 
+@pytest.mark.slow
 def test_shards_partition_cases_and_pool_matches_inline(synthetic_home: Path) -> None:
     save_plans(synthetic_home, {"3d_fullres": config([1.5, 1.5, 1.5])})
     paths = resolve_dataset(synthetic_home, None)
@@ -244,38 +244,46 @@ def test_plan_change_redoes_cases(synthetic_home: Path) -> None:
     assert len(preprocess_dataset(paths, "3d_fullres", workers=1, shard=(0, 3))) == 2
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    code = "import sys; from autoseg.cli.preprocess import main; main(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+def _cli(capsys, *args: str) -> subprocess.CompletedProcess:
+    """autoseg-preprocess in this process (a fresh interpreter per call cost 3 s of imports each)."""
+    from autoseg.cli.preprocess import main
+    capsys.readouterr()
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
-def test_cli_errors_are_one_line(synthetic_home: Path) -> None:
+def test_cli_errors_are_one_line(synthetic_home: Path, capsys) -> None:
     home = str(synthetic_home)
-    r = _cli("--home", home)
+    r = _cli(capsys, "--home", home)
     assert r.returncode == 2 and "plans.json: no plan found; run autoseg-plan" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
     save_plans(synthetic_home, {"3d_fullres": config([1.0, 1.0, 1.0])})
-    r = _cli("--home", home, "-c", "3d_lowres")
+    r = _cli(capsys, "--home", home, "-c", "3d_lowres")
     assert r.returncode == 2 and "'3d_lowres' is not in the plan" in r.stderr
 
     paths = resolve_dataset(synthetic_home, None)
     bad = paths.raw / "imagesTr" / "case_001_0002.nii.gz"
     bad.write_bytes(b"<html>not found</html>")                       # a failed download saved as the image
-    r = _cli("--home", home, "-np", "1", "--shard", "1/5")
+    r = _cli(capsys, "--home", home, "-np", "1", "--shard", "1/5")
     assert r.returncode == 2 and str(bad) in r.stderr and "Traceback" not in r.stderr
 
     blocked = paths.config_dir("3d_fullres")
     assert not any(blocked.iterdir())                               # the failed case left nothing behind
     blocked.rmdir()
     blocked.write_text("a file where the output folder should be")
-    r = _cli("--home", home, "--shard", "0/5")
+    r = _cli(capsys, "--home", home, "--shard", "0/5")
     assert r.returncode == 2 and "cannot create the output folder" in r.stderr and str(blocked) in r.stderr
 
 
-def test_cli_preprocesses_all_planned_configurations(synthetic_home: Path) -> None:
+def test_cli_preprocesses_all_planned_configurations(synthetic_home: Path, capsys) -> None:
     save_plans(synthetic_home, {"3d_fullres": config([1.0, 1.0, 1.0]), "2d": config([1.0, 1.0], "2d")})
-    r = _cli("--home", str(synthetic_home), "-c", "all", "-np", "1", "--shard", "2/3")
+    r = _cli(capsys, "--home", str(synthetic_home), "-c", "all", "-np", "1", "--shard", "2/3")
     assert r.returncode == 0, r.stderr
     paths = resolve_dataset(synthetic_home, None)
     assert list_preprocessed_cases(paths.config_dir("2d")) == ["case_002", "case_005"]
@@ -288,6 +296,7 @@ def _brats_images(folder: Path, suffixes: tuple[str, ...], sep: str) -> tuple[li
     return [r[0] for r in reads], reads[0][1]
 
 
+@pytest.mark.slow
 def test_real_ras_case_roundtrip(brats_dir: Path) -> None:
     folder = brats_dir / "unlabelled" / "BraTS-MET-00110-000"
     images, geom = _brats_images(folder, ("t1n", "t1c", "t2w", "t2f"), "-")
@@ -316,6 +325,7 @@ def test_real_lps_labelled_case_roundtrip(brats_dir: Path) -> None:
     assert all(0 < len(v) <= 10_000 for v in fg.values())
 
 
+@pytest.mark.slow
 def test_real_2023_float_case_keeps_label_3(brats_dir: Path) -> None:
     folder = brats_dir / "labelled-2023" / "BraTS-GLI-pr138-000"
     images, geom = _brats_images(folder, ("t1n", "t1c", "t2w", "t2f"), "-")

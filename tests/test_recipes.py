@@ -340,6 +340,7 @@ def _ckpt(fold_dir: Path, name: str = "checkpoint_final.pt") -> dict:
     return load_checkpoint(fold_dir / name)
 
 
+@pytest.mark.slow
 def test_the_default_recipe_trains_what_training_did_before_recipes(prepared, tmp_path):
     """The default recipe and the shipped nnunet.json train the same weights; without the label patterns' term
     (added after recipes, loss.patterns) it is what training did before recipes existed."""

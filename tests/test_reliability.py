@@ -353,7 +353,12 @@ PREDICT_DAMAGE = {k: IMAGE_DAMAGE[k] for k in ("missing channel file", "channel 
                                                "4D image")}
 
 
-@pytest.mark.parametrize("what,damage", PREDICT_DAMAGE.items(), ids=list(PREDICT_DAMAGE))
+# the fast tier keeps one damage of each kind (missing, bad values, unreadable, wrong dimensionality)
+FAST_DAMAGE = ("missing channel file", "NaN voxels", "truncated .nii.gz", "4D image")
+
+
+@pytest.mark.parametrize("what,damage", [pytest.param(k, v, id=k, marks=() if k in FAST_DAMAGE else pytest.mark.slow)
+                                         for k, v in PREDICT_DAMAGE.items()])
 def test_predict_skips_a_bad_case_and_finishes_the_others(work: Path, capsys, what: str, damage) -> None:
     paths = _paths(work)
     inp, out = work / "in", work / "out"
@@ -1255,7 +1260,7 @@ def test_a_second_writer_of_a_folder_is_refused_naming_the_holder(work: Path, ca
     record("the folder is being written by another command", prog, code, shown, "the folder", work)
 
 
-@pytest.mark.parametrize("prog", ["autoseg-predict", "autoseg-train"])
+@pytest.mark.parametrize("prog", ["autoseg-predict", pytest.param("autoseg-train", marks=pytest.mark.slow)])
 def test_a_stale_lock_of_a_dead_process_is_taken_over_and_another_hosts_is_not(work: Path, capsys,
                                                                                prog: str) -> None:
     """A lock left by a process killed outright (same host, pid gone) is taken over, and released at the end; a lock
@@ -1307,6 +1312,7 @@ SHARD_PAIRS = [   # (the live job's shard, this run's shard, whether this run ma
 ]
 
 
+@pytest.mark.slow
 def test_shards_of_one_folder_run_side_by_side_and_overlapping_ones_are_refused(work: Path, capsys) -> None:
     """The jobs of a --shard array write one folder at once; a run whose cases can overlap a live job's (the same
     shard again, 0/2 beside 0/4, a run without --shard beside any job) stops with one line naming that job. Such

@@ -197,6 +197,7 @@ def _weights(fold_dir: Path, name: str = "checkpoint_final.pt") -> dict:
     return load_checkpoint(fold_dir / name)
 
 
+@pytest.mark.slow
 def test_resume_after_one_epoch_gives_identical_weights_and_the_fold_folder_is_complete(prepared, tmp_path):
     straight = copy_home(prepared, tmp_path / "a")
     resumed = copy_home(prepared, tmp_path / "b")
@@ -224,6 +225,7 @@ def test_resume_after_one_epoch_gives_identical_weights_and_the_fold_folder_is_c
     assert "resuming at epoch 1 of 2" in (fb / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_existing_run_needs_resume_finished_run_is_skipped_and_can_be_extended(paths):
     fold_dir = train_fold(paths, "3d_fullres", 0, TrainOptions(epochs=1, **FAST))
     mtime = (fold_dir / "checkpoint_final.pt").stat().st_mtime_ns
@@ -260,6 +262,7 @@ def test_pretrained_weights_load_when_the_network_matches_and_fail_clearly_other
         load_pretrained(other, source, heads)
 
 
+@pytest.mark.slow
 def test_final_validation_writes_summary_and_csv(paths):
     fold_dir = train_fold(paths, "3d_fullres", 2, TrainOptions(epochs=1, **{**FAST, "validate": True}))
     import json
@@ -292,6 +295,7 @@ def test_cli_trains_a_fold(paths, capsys):
     assert math.isfinite(_weights(paths.fold_dir("3d_fullres", 3))["log"]["train_loss"][0])
 
 
+@pytest.mark.slow
 def test_2d_configuration_trains_on_slices(tmp_path):
     paths = build_home(tmp_path / "home", [tiny_plan(patch=(16, 16), mirror_axes=(0, 1))], n_cases=3)
     fold_dir = train_fold(paths, "2d", 0, TrainOptions(epochs=1, **FAST))
@@ -333,6 +337,7 @@ def test_one_device_resolver_for_training_and_prediction(monkeypatch):
     assert current == [torch.device("cuda", i) for i in (0, 1, 3)]
 
 
+@pytest.mark.slow
 def test_bf16_step_follows_the_fp32_step_and_the_log_names_the_precision(prepared, tmp_path):
     runs = {}
     for name in ("fp32", "bf16"):
@@ -345,6 +350,7 @@ def test_bf16_step_follows_the_fp32_step_and_the_log_names_the_precision(prepare
     assert runs["bf16"]["log"]["train_loss"] == pytest.approx(runs["fp32"]["log"]["train_loss"], rel=2e-2)
 
 
+@pytest.mark.slow
 def test_a_run_without_fp16_resumes_with_fp16_and_its_fresh_loss_scaler(paths):
     # e.g. started on a CPU (bf16, no scaler state saved), continued on a GPU (fp16 + GradScaler)
     train_fold(paths, "3d_fullres", 0, TrainOptions(epochs=1, precision="bf16", **FAST))

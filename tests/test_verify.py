@@ -157,6 +157,7 @@ def test_wrong_file_ending_undeclared_channel_and_unsafe_id(raw: Path) -> None:
 
 
 @pytest.mark.brats
+@pytest.mark.slow
 def test_real_labelled_cases_pass(brats_dir: Path, tmp_path: Path) -> None:
     from autoseg.convert import convert_brats
 
