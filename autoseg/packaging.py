@@ -8,7 +8,8 @@ A model (a zip, or the folder it unpacks to) holds::
     README.md                what the model is: data, configurations, folds, their validation scores, usage
     dataset.json, plans.json the dataset's channels and labels; the plan the folds were trained with
     postprocessing.json      when one was determined (applied by ``autoseg-predict --model``)
-    inference_instructions.json, .md   when ``autoseg-find-best`` wrote them
+    inference_instructions.json, .md   when ``autoseg-find-best`` wrote them; their commands name the data root
+                             ``DATA_ROOT``, which ``autoseg-import`` replaces by the root it imports into
     results/FOLDER/fold_N/checkpoint_final.pt      weights only: plan, dataset, fold and network state
     results/FOLDER/fold_N/validation/summary.json  when the fold was validated
 
@@ -44,6 +45,7 @@ from autoseg.io import atomic_path, read_json, write_bytes_atomic
 from autoseg.paths import DATASET_RE, RECIPE_SEPARATOR, DatasetPaths, list_datasets, run_folder_name
 from autoseg.plans import Plans
 from autoseg.postprocessing import PostprocessingPlan
+from autoseg.selection import DATA_ROOT, DATA_ROOT_MEANING, INSTRUCTIONS, instructions_markdown, rebase_commands
 
 MODEL_FORMAT = "autoseg-model-1"
 MANIFEST = "autoseg_model.json"
@@ -247,9 +249,8 @@ def export_model(paths: DatasetPaths, out: str | Path, configurations: Sequence[
     if post is not None:
         PostprocessingPlan.load(post)   # refuse a malformed file now, not on the receiving side
         members["postprocessing.json"] = _json_bytes(read_json(post), post)
-    for name in ("inference_instructions.json", "inference_instructions.md"):
-        if (paths.results / name).is_file():
-            members[name] = (paths.results / name).read_bytes()
+    if (source := paths.results / f"{INSTRUCTIONS}.json").is_file():
+        members.update(instructions_files(source, source, str(paths.root.resolve()), DATA_ROOT))
     manifest = Manifest(paths.name, checkpoint, tuple(chosen), {})
     members["README.md"] = model_readme(manifest, info, members, post is not None).encode()
     files = {name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in members.items()}
@@ -295,6 +296,21 @@ def _postprocessing_file(paths: DatasetPaths, chosen: list[TrainedFolder], given
     if len(chosen) == 1:
         candidates.append(paths.results / chosen[0].folder / "postprocessing.json")
     return next((c for c in candidates if c.is_file()), None)
+
+
+def instructions_files(source: Path, where: Path, old: str, new: str) -> dict[str, bytes]:
+    """inference_instructions.json and .md from the JSON ``source``, its commands moved from the data root ``old``
+    to ``new``: the zip's name ``DATA_ROOT`` (declared as a placeholder), an imported copy the root it is in.
+    A malformed file is refused in one line naming ``where`` (the file as the user knows it)."""
+    try:
+        instructions = rebase_commands(json.loads(source.read_bytes()), old, new)
+        placeholders = {k: v for k, v in instructions["placeholders"].items() if k != DATA_ROOT}
+        instructions["placeholders"] = placeholders | ({DATA_ROOT: DATA_ROOT_MEANING} if new == DATA_ROOT else {})
+        return {f"{INSTRUCTIONS}.json": _json_bytes(instructions, where),
+                f"{INSTRUCTIONS}.md": instructions_markdown(instructions).encode()}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise fail(where, f"malformed inference instructions ({type(e).__name__}: {e})",
+                   "rerun autoseg-find-best in the data root that trained the model, then export again") from None
 
 
 def model_readme(manifest: Manifest, info: DatasetInfo, members: dict[str, bytes], postprocessing: bool) -> str:
@@ -424,9 +440,12 @@ def _inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
 
-def _sha256(path: Path) -> str:
+def _sha256(source: Path | bytes) -> str:
+    """SHA-256 of a file, or of the bytes to write."""
+    if isinstance(source, bytes):
+        return hashlib.sha256(source).hexdigest()
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(source, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
@@ -558,7 +577,8 @@ def import_model(source: str | Path, root: str | Path, limits: ExtractionLimits 
 
     Everything is checked before anything is written: every checkpoint loads safely and fits the plan; an
     existing file with other content (another model's fold, another plan) refuses the import; a file with the
-    same content is left as it is, so importing twice is harmless.
+    same content is left as it is, so importing twice is harmless. The inference instructions are compared and
+    written with ``DATA_ROOT`` replaced by ``root``.
     """
     root = Path(root)
     with open_model(source, limits) as model:
@@ -587,17 +607,19 @@ def import_model(source: str | Path, root: str | Path, limits: ExtractionLimits 
             if dst.exists():
                 report.unchanged.append(dst)
                 continue
-            with atomic_path(dst) as tmp:
-                shutil.copyfile(src, tmp)
+            _write(src, dst)
             report.written.append(dst)
     return report
 
 
-def _import_targets(model: ModelFolder, paths: DatasetPaths) -> list[tuple[Path, Path]]:
-    """(file in the model, where it goes in the data root)."""
-    out = []
+def _import_targets(model: ModelFolder, paths: DatasetPaths) -> list[tuple[Path | bytes, Path]]:
+    """(file in the model, or the bytes to write for it, and where it goes in the data root)."""
+    json_name = f"{INSTRUCTIONS}.json"
+    rewritten = (instructions_files(model.root / json_name, model.origin / json_name, DATA_ROOT,
+                                    str(paths.root.resolve())) if json_name in model.manifest.files else {})
+    out: list[tuple[Path | bytes, Path]] = []
     for name in model.manifest.files:
-        src = model.root / name
+        src = rewritten.get(name, model.root / name)
         if name.startswith("results/"):
             folder, fold, rest = name.split("/", 3)[1:]
             out.append((src, fold_dir(paths, folder, fold.removeprefix("fold_")) / rest))
@@ -608,6 +630,15 @@ def _import_targets(model: ModelFolder, paths: DatasetPaths) -> list[tuple[Path,
         elif name == "dataset.json" and not paths.dataset_json.is_file():
             out.append((src, paths.preprocessed / "dataset.json"))
     return out
+
+
+def _write(source: Path | bytes, dst: Path) -> None:
+    """Write ``dst`` atomically with a file's content or with bytes."""
+    if isinstance(source, bytes):
+        write_bytes_atomic(dst, source)
+        return
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def _check_plans_fit(model: ModelFolder, paths: DatasetPaths, plans: Plans) -> None:

@@ -41,6 +41,8 @@ ENSEMBLES = "ensembles"        # results/DATASET/ensembles/A+B/fold_N: a pair's 
 ENSEMBLE_JOIN = "+"
 INSTRUCTIONS = "inference_instructions"
 POSTPROCESSING = "postprocessing.json"   # results/DATASET/postprocessing.json: the winner's, shipped by autoseg-export
+DATA_ROOT = "DATA_ROOT"  # the data root in a model's instructions (autoseg-export), the importing one's after import
+DATA_ROOT_MEANING = "the data root the model is imported into (autoseg-import MODEL.zip --home DATA_ROOT)"
 
 
 def split_folder(folder: str) -> tuple[str, str]:
@@ -248,6 +250,16 @@ def inference_instructions(paths: DatasetPaths, best: Crossval, ranking: list[Cr
                              "OUTPUT_FOLDER": "where the final segmentations go"}}
 
 
+def rebase_commands(instructions: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """A copy of ``instructions`` whose commands name ``new`` for each word that is the root ``old`` or a path
+    under it: the instructions of a shared model name the data root it lies in, not the trainer's. Word by
+    word (``shlex``), so a root with spaces stays one quoted word."""
+    def rebase(word: str) -> str:
+        return new + word[len(old):] if word == old or word.startswith(old + "/") else word
+    commands = [shlex.join(map(rebase, shlex.split(c))) for c in instructions["commands"]]
+    return {**instructions, "commands": commands}
+
+
 def ranking_table(instructions: dict[str, Any], markdown: bool = False) -> str:
     """The ranking as a text (or Markdown) table: Dice per label/region, mean Dice, mean HD95."""
     rows = instructions["ranking"]
@@ -266,14 +278,16 @@ def instructions_markdown(instructions: dict[str, Any]) -> str:
     """inference_instructions.md: the ranking, the choice, its postprocessing and the commands, for people."""
     best, post = instructions["best"], instructions["postprocessing"]
     steps = ", ".join(post["largest_component_of"]) or "nothing (no gain on the cross-validation)"
+    *others, last = instructions["placeholders"]
+    placeholders = f"{', '.join(others)} and {last}" if others else last
     lines = [f"# Inference instructions: {instructions['dataset']}", "",
              "Cross-validation in the raw images' space (each case predicted by the fold that did not train on it), "
              "written by `autoseg-find-best`.", "", ranking_table(instructions, markdown=True), "",
              f"Best: **{best['model']}**, mean Dice {best['mean_dice']:.4f} over {best['num_cases']} cases.", "",
              f"Postprocessing (`{post['file']}`): keep the largest component of {steps}; mean Dice "
              f"{post['mean_dice_before']:.4f} -> {post['mean_dice_after']:.4f}.", "",
-             "Predict new cases (replace INPUT_FOLDER and OUTPUT_FOLDER):", "", "```",
-             *instructions["commands"], "```", ""]
+             f"Predict new cases (replace {placeholders}):", "", "```", *instructions["commands"], "```", "",
+             *(f"- `{name}`: {meaning}" for name, meaning in instructions["placeholders"].items()), ""]
     if instructions["incomplete"]:
         lines += ["Not ranked (folds missing):", "", *(f"- {line}" for line in instructions["incomplete"]), ""]
     return "\n".join(lines)

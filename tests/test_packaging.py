@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import stat
 import zipfile
 from dataclasses import asdict
@@ -188,6 +189,73 @@ def test_import_adds_the_model_to_a_data_root_once_and_refuses_to_overwrite(trai
     code, err, _ = run(import_main, [model, "--home", home], capsys)
     assert code == 2 and len(err) == 1 and "fold_1/checkpoint_final.pt: already exists with other content" in err[0]
     assert {p: p.read_bytes() for p in home.rglob("*") if p.is_file()} == before
+
+
+def write_instructions(paths: DatasetPaths) -> list[str]:
+    """inference_instructions.json and .md as autoseg-find-best writes them for the pair 3d_fullres +
+    segresnet__3d_fullres (two predict commands and an ensemble, naming the data root); their commands."""
+    from autoseg.io import write_bytes_atomic, write_json_atomic
+    from autoseg.selection import Crossval, commands_for, instructions_markdown
+    paths.splits_json.write_text(json.dumps([{"train": ["c2"], "val": ["c1"]}, {"train": ["c1"], "val": ["c2"]}]))
+    best = "3d_fullres+segresnet__3d_fullres"
+    row = {"model": best, "members": [], "dice": {"WT": 0.8}, "mean_dice": 0.8, "mean_hd95": 3.0, "num_cases": 2,
+           "results": f"ensembles/{best}/crossval/summary.json"}
+    commands = commands_for(paths, Crossval(best, {}), paths.results.resolve() / "postprocessing.json")
+    instructions = {"dataset": DS, "best": row, "ranking": [row], "commands": commands, "incomplete": [],
+                    "postprocessing": {"file": "postprocessing.json", "largest_component_of": ["foreground"],
+                                       "mean_dice_before": 0.79, "mean_dice_after": 0.8},
+                    "placeholders": {"INPUT_FOLDER": "the cases to predict", "OUTPUT_FOLDER": "the segmentations"}}
+    write_json_atomic(paths.results / "inference_instructions.json", instructions)
+    write_bytes_atomic(paths.results / "inference_instructions.md", instructions_markdown(instructions).encode())
+    return commands
+
+
+def word_after(command: str, option: str) -> str:
+    words = shlex.split(command)
+    return words[words.index(option) + 1]
+
+
+def test_the_instructions_name_the_data_root_they_are_in(trained, tmp_path, capsys):
+    """Exported, the commands name DATA_ROOT, not the trainer's folders; imported, the importing root (paths
+    with spaces stay one word); a second import finds them unchanged."""
+    trainer = trained.root.rename(tmp_path / "trainer data")
+    paths = DatasetPaths(trainer, DS)
+    commands = write_instructions(paths)
+    assert word_after(commands[0], "--home") == str(trainer.resolve())   # absolute where it was trained
+    assert word_after(commands[2], "--postprocess").startswith(f"{trainer.resolve()}/")
+    before = {name: (paths.results / name).read_bytes() for name in ("inference_instructions.json",
+                                                                     "inference_instructions.md")}
+    model = export(paths, tmp_path / "model.zip", capsys)
+    assert before == {name: (paths.results / name).read_bytes() for name in before}
+    with zipfile.ZipFile(model) as zf:
+        shared, md = json.loads(zf.read("inference_instructions.json")), zf.read("inference_instructions.md").decode()
+    assert "trainer data" not in json.dumps(shared) and "trainer data" not in md
+    assert "DATA_ROOT" in shared["placeholders"] and shared["commands"][0] in md and "DATA_ROOT" in md
+    assert [word_after(c, "--home") for c in shared["commands"][:2]] == ["DATA_ROOT", "DATA_ROOT"]
+    assert word_after(shared["commands"][2], "--postprocess") == f"DATA_ROOT/results/{DS}/postprocessing.json"
+
+    home = tmp_path / "other root"
+    code, err, out = run(import_main, [model, "--home", home], capsys)
+    assert code == 0, err
+    here = DatasetPaths(home, DS).results
+    imported, md = json.loads((here / "inference_instructions.json").read_text()), \
+        (here / "inference_instructions.md").read_text()
+    assert "DATA_ROOT" not in imported["placeholders"] and "DATA_ROOT" not in md and "trainer data" not in md
+    assert imported["commands"] == [shlex.join(w.replace(str(trainer.resolve()), str(home.resolve()))
+                                               for w in shlex.split(c)) for c in commands]   # only the root moved
+    assert [word_after(c, "--home") for c in imported["commands"][:2]] == [str(home.resolve())] * 2
+    post = Path(word_after(imported["commands"][2], "--postprocess"))
+    assert post.is_relative_to(home.resolve()) and post.is_file()
+    assert imported["commands"][0] in md
+    code, err, out = run(import_main, [model, "--home", home], capsys)
+    assert code == 0 and "0 file(s) written" in out, err
+
+
+def test_malformed_instructions_refuse_the_export_in_one_line(trained, tmp_path, capsys):
+    (trained.results / "inference_instructions.json").write_text('{"commands": ["autoseg-predict \'unclosed"]}')
+    code, err, _ = run(export_main, ["--home", trained.root, "-d", "1", "-o", tmp_path / "m.zip"], capsys)
+    assert code == 2 and len(err) == 1 and "inference_instructions.json: malformed inference instructions" in err[0]
+    assert not (tmp_path / "m.zip").exists()
 
 
 # ---- malicious and damaged models ---------------------------------------------------------------------
