@@ -289,10 +289,13 @@ def test_cli_bad_fold_and_missing_preprocessing_exit_2(paths, capsys):
 def test_cli_trains_a_fold(paths, capsys):
     with pytest.raises(SystemExit) as e:
         train_main(["3d_fullres", "fold3", "--home", str(paths.root), "--epochs", "1", "--iters-per-epoch", "1",
-                    "--val-iters", "1", "--workers", "1", "--no-validation", "--device", "cpu"])
+                    "--val-iters", "1", "--workers", "1", "--no-validation", "--device", "cpu", "--dice", "linear"])
     assert e.value.code == 0
     assert "fold_3" in capsys.readouterr().out
     assert math.isfinite(_weights(paths.fold_dir("3d_fullres", 3))["log"]["train_loss"][0])
+    # the log names the Dice forms: --dice sets the regions', the label patterns' is the recipe's (log)
+    assert "recipe nnunet (linear Dice on regions, log Dice on label patterns)" in \
+        (paths.fold_dir("3d_fullres", 3) / "log.txt").read_text()
 
 
 @pytest.mark.slow

@@ -148,6 +148,11 @@ class DiceBCELoss(nn.Module):
             loss = loss + self._patterns_loss(pattern_logits, target)
         return loss
 
+    def describe(self) -> str:
+        """The Dice forms, for the training log."""
+        both = self.n_patterns and self.patterns_term
+        return f"{self.dice} Dice on regions" + (f", {self.patterns_dice} Dice on label patterns" if both else "")
+
     def _patterns_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy + soft Dice of the label patterns (background's Dice left out), as nnU-Net trains labels;
         voxels whose region code no label has are left out of both."""
@@ -172,6 +177,10 @@ class DiceCELoss(nn.Module):
         self.gamma = gamma
         self.register_buffer("weights", None if weights is None else torch.tensor([1.0, *weights], dtype=torch.float32),
                              persistent=False)
+
+    def describe(self) -> str:
+        """The Dice form, for the training log."""
+        return f"{self.dice} Dice on labels"
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         idx = target[:, 0].long()

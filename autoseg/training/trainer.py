@@ -359,7 +359,7 @@ def _train_fold(paths: DatasetPaths, configuration: str, fold: int | str, option
         write(f"{'resuming at' if ckpt else 'starting'} epoch {log.epochs_done} of {recipe.epochs}: "
               f"{configuration} fold {fold}, {len(data.split.train)} train / {len(data.split.val)} val cases, "
               f"patch {data.plan.patch_size}, batch {data.plan.batch_size} on {dist.world_size} process(es), "
-              f"device {device}, precision {dtype_name(dtype)}, recipe {recipe.name}")
+              f"device {device}, precision {dtype_name(dtype)}, recipe {recipe.name} ({loss.describe()})")
         run = _Run(recipe, net_plan, DeepSupervisionLoss(loss, data.info.region_based, recipe.deep_supervision).to(device))
         _train_epochs(network, optimizer, scaler, data, options, run, dist, device, dtype, log, fold_dir, fold, write)
     validated = (fold_dir / "validation" / "summary.json").is_file()
