@@ -184,7 +184,8 @@ def main() -> None:
     p.add_argument("--average-last", type=int, nargs="+", default=None, metavar="K",
                    help="also score the uniform average of the last K epochs' weights, for each K")
     p.add_argument("--dice", nargs="+", default=["log"], choices=("log", "linear"),
-                   help="Dice term(s) to train with (autoseg-train --dice)")
+                   help="the regions' Dice term(s) to train with (autoseg-train --dice; the label patterns keep "
+                        "the recipe's loss.patterns_dice, log)")
     a = p.parse_args()
     if not a.table_only:
         for dice in a.dice:

@@ -8,7 +8,7 @@ stages, 32..256 features), one epoch of 250 iterations on fold ``all``, CPU, fp3
 
     python benchmarks/real_data.py dataset --work W          # raw dataset + BHQ_1 test input/reference
     python benchmarks/real_data.py autoseg --work W --run 0  # plan, preprocess (once), train, predict, score
-    python benchmarks/real_data.py autoseg --work W --run 0 --dice linear   # with nnU-Net's 1 - Dice
+    python benchmarks/real_data.py autoseg --work W --run 0 --dice linear   # 1 - Dice on the regions (nnU-Net's)
     python benchmarks/real_data.py nnunet --work W --run 0   # the same with benchmarks/.venv-nnunet
     python benchmarks/real_data.py table --work W            # markdown table of all finished runs
 
