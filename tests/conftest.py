@@ -41,7 +41,7 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_home_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Read-only session-wide ``synthetic_home`` for tests that never write to it (and its template)."""
+    """Read-only session-wide ``synthetic_home`` for tests that never write to it; each ``synthetic_home`` copies it."""
     home = tmp_path_factory.mktemp("home") / "autoseg_data"
     write_raw_dataset(home / "raw" / "Dataset001_Synthetic", n_train=6, n_test=2, shape=(48, 64, 64), seed=0)
     return home
